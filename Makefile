@@ -1,0 +1,47 @@
+# Set-up plus the main job (`make demo`) and set-up plus the whole test suite (`make test`), on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-dev
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test test-slow lint format fashion-mnist benchmarks clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist package where it is missing and we are root.
+fashion-mnist:
+	@if [ ! -d $(FMNIST) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing dataset-fashion-mnist"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+demo: $(STAMP) fashion-mnist
+	$(PY) examples/demo.py
+
+test: $(STAMP) fashion-mnist
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP) fashion-mnist
+	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks examples
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests benchmarks examples
+	$(VENV)/bin/ruff check --fix src tests benchmarks examples
+
+benchmarks: $(STAMP) fashion-mnist
+	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/accuracy.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,46 @@
+"""Semi-supervised algorithms, one file each, registered by name in ALGORITHMS."""
+
+from fewlabels.algorithms import fixmatch, flexmatch, freematch, pseudo_label, softmatch, supervised  # noqa: F401
+from fewlabels.algorithms.base import (
+    ALGORITHMS,
+    Algorithm,
+    Batch,
+    BatchPart,
+    StepContext,
+    StepOutput,
+    Views,
+    algorithm_options,
+    create_algorithm,
+)
+
+
+def list_algorithms() -> list[str]:
+    """Names of all registered algorithms."""
+    return ALGORITHMS.names()
+
+
+def describe_algorithms() -> list[tuple[str, str]]:
+    """(name, first docstring line of its module) for each algorithm."""
+    import sys
+
+    out = []
+    for name in ALGORITHMS.names():
+        cls = ALGORITHMS.get(name)
+        doc = (sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip().splitlines()[0]
+        out.append((name, doc))
+    return out
+
+
+__all__ = [
+    "ALGORITHMS",
+    "Algorithm",
+    "Batch",
+    "BatchPart",
+    "StepContext",
+    "StepOutput",
+    "Views",
+    "algorithm_options",
+    "create_algorithm",
+    "describe_algorithms",
+    "list_algorithms",
+]

@@ -1,0 +1,99 @@
+"""Augmenter: named views of a batch, drawn from the augmenter's own seeded random stream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fewlabels.augment.policies import strong, to_float, vector_strong, vector_weak, weak
+from fewlabels.errors import ConfigError
+
+VIEWS: tuple[str, ...] = ("none", "weak", "strong")
+"""View names an Augmenter makes: 'none' (to_float only), 'weak' and 'strong'."""
+
+MODALITIES: tuple[str, ...] = ("image", "vector")
+
+
+class Augmenter:
+    """Makes named views of a batch: 'none' (to_float only), 'weak', 'strong'.
+
+    Holds its own torch.Generator on the data's device, seeded with `seed`, so views do not depend on (or
+    disturb) the global RNG, and `state_dict` / `load_state_dict` let a resumed run continue the same stream.
+    """
+
+    def __init__(
+        self,
+        modality: str = "image",
+        hflip: bool = True,
+        seed: int = 0,
+        translate: float = 0.125,
+        num_ops: int = 2,
+        cutout_size: float = 0.5,
+    ) -> None:
+        if modality not in MODALITIES:
+            raise ConfigError(f"unknown modality {modality!r}; valid modalities are {', '.join(MODALITIES)}")
+        self.modality = modality
+        self.hflip = hflip
+        self.seed = int(seed)
+        self.translate = translate
+        self.num_ops = num_ops
+        self.cutout_size = cutout_size
+        # One generator per device, made on first use, since the data's device is known only at call time.
+        self._generators: dict[str, torch.Generator] = {}
+        # Loaded states of generators not yet made (load_state_dict before the first batch).
+        self._pending: dict[str, Tensor] = {}
+
+    def generator(self, device: torch.device | str) -> torch.Generator:
+        """This augmenter's generator on `device`, created (seeded, or from a loaded state) on first use."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        key = str(device)
+        gen = self._generators.get(key)
+        if gen is None:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self.seed)
+            if key in self._pending:
+                gen.set_state(self._pending.pop(key))
+            self._generators[key] = gen
+        return gen
+
+    def __call__(self, x: Tensor, view: str) -> Tensor:
+        """Return the named view of batch `x` as float32 on x's device."""
+        if view not in VIEWS:
+            raise ConfigError(f"unknown augmentation view {view!r}; valid views are {', '.join(VIEWS)}")
+        if view == "none":
+            return to_float(x)
+        gen = self.generator(x.device)
+        if self.modality == "vector":
+            return vector_weak(x, gen) if view == "weak" else vector_strong(x, gen)
+        if view == "weak":
+            return weak(x, gen, hflip=self.hflip, translate=self.translate)
+        return strong(
+            x,
+            gen,
+            hflip=self.hflip,
+            translate=self.translate,
+            num_ops=self.num_ops,
+            cutout_size=self.cutout_size,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The seed and each device generator's state (uint8 CPU tensors), for checkpoints."""
+        states = dict(self._pending)
+        states.update({key: gen.get_state() for key, gen in self._generators.items()})
+        return {"seed": self.seed, "generators": states}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state_dict, so the next views continue the stream where the saved run stopped."""
+        self.seed = int(state["seed"])
+        self._generators.clear()
+        self._pending = {key: value.clone() for key, value in state["generators"].items()}
+
+    def __repr__(self) -> str:
+        return (
+            f"Augmenter(modality={self.modality!r}, hflip={self.hflip}, seed={self.seed}, "
+            f"translate={self.translate}, num_ops={self.num_ops}, cutout_size={self.cutout_size})"
+        )

@@ -1,0 +1,165 @@
+"""The `fewlabels` command: each subcommand is a thin call of one API function."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from fewlabels.errors import FewLabelsError
+
+# Flag -> dotted config key. Flags left unset do not override the YAML file or the defaults.
+TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
+    "dataset": ("data.dataset", str, "built-in name, image folder, .csv manifest or .npz file"),
+    "data_root": ("data.data_root", str, "folder with a built-in dataset's files"),
+    "labels_per_class": ("data.labels_per_class", int, "labeled examples per class (stratified, seeded)"),
+    "num_labels": ("data.num_labels", int, "total labeled examples, spread evenly across classes"),
+    "val_per_class": ("data.val_per_class", int, "validation examples held out per class"),
+    "image_size": ("data.image_size", int, "resize user images to this square size"),
+    "algorithm": ("algorithm.name", str, "see `fewlabels algorithms`"),
+    "model": ("model.name", str, "see `fewlabels models` (default: the dataset's)"),
+    "steps": ("train.steps", int, "optimizer steps"),
+    "budget": ("train.budget", str, "wall-clock budget, e.g. 15m; fixes the step count so the schedule ends on time"),
+    "batch_size": ("train.batch_size", int, "global labeled batch size B"),
+    "unlabeled_ratio": ("train.unlabeled_ratio", int, "mu: unlabeled batch = mu * B"),
+    "lr": ("optim.lr", float, "peak learning rate"),
+    "optimizer": ("optim.optimizer", str, "sgd or adamw"),
+    "seed": ("train.seed", int, "fixes split, data order, augmentation and initialisation"),
+    "device": ("train.device", str, "auto, cpu, cuda or cuda:N"),
+    "eval_every": ("train.eval_every", int, "evaluate every N steps"),
+    "out": ("out", str, "run folder (default: runs/<dataset>-<algorithm>-<labels>-s<seed>)"),
+}
+SWITCHES = {
+    "download": ("data.download", "allow torchvision to download a missing built-in dataset"),
+    "strict": ("data.strict", "fail on an unreadable image instead of skipping it"),
+    "compile": ("train.compile", "torch.compile the model"),
+    "tensorboard": ("train.tensorboard", "also write TensorBoard logs"),
+}
+
+
+def _train_parser(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a model from a few labels plus unlabeled data")
+    p.add_argument("--config", help="YAML file of defaults (sections data, model, optim, algorithm, train)")
+    for flag, (_, typ, text) in TRAIN_FLAGS.items():
+        p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None, help=text)
+    for flag, (_, text) in SWITCHES.items():
+        p.add_argument("--" + flag, dest=flag, action="store_true", default=None, help=text)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set algorithm.threshold=0.9 --set train.ema=0.99")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="fewlabels", description="Semi-supervised learning from a few labels.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    p = sub.add_parser("evaluate", help="evaluate a finished run on its test set")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--which", default="model", choices=["model", "best"], help="final EMA model or best on val")
+    p = sub.add_parser("predict", help="predict classes for inputs; writes CSV input,class,confidence")
+    p.add_argument("run", help="run folder")
+    p.add_argument("inputs", nargs="+", help="image files or folders, a .csv with a path column, or a .npz with x")
+    p.add_argument("--which", default="model", choices=["model", "best"])
+    p.add_argument("--output", "-o", help="CSV file to write (default: standard output)")
+    sub.add_parser("algorithms", help="list the algorithms and their options")
+    sub.add_parser("models", help="list the models")
+    sub.add_parser("datasets", help="list the built-in datasets")
+    return parser
+
+
+def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Dotted config overrides from the flags that were given, then --set assignments."""
+    from fewlabels.config import parse_assignment
+
+    overrides: dict[str, Any] = {}
+    for flag, (key, _, _) in TRAIN_FLAGS.items():
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    for flag, (key, _) in SWITCHES.items():
+        if getattr(args, flag):
+            overrides[key] = True
+    if args.no_progress:
+        overrides["train.progress"] = False
+    if "train.budget" in overrides:
+        overrides.setdefault("train.steps", None)
+    for text in args.assignments:
+        key, value = parse_assignment(text)
+        overrides[key] = value
+    return overrides
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from fewlabels.engine.trainer import train
+
+    run = train(args.config, resume=args.resume, **train_overrides(args))
+    s = run.summary
+    if s:
+        print(json.dumps({k: s[k] for k in ("algorithm", "dataset", "num_labels", "steps", "wall_seconds",
+                                            "val_accuracy", "test_accuracy", "test_accuracy_median_last")}))
+        print(f"run folder: {run.path}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from fewlabels.api import evaluate
+
+    result = evaluate(args.run, which=args.which)
+    print(json.dumps(result, indent=2))
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from fewlabels.api import predict
+
+    rows = predict(args.run, args.inputs, which=args.which)
+    out = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        writer = csv.writer(out)
+        writer.writerow(["input", "class", "confidence"])
+        for name, cls, conf in rows:
+            writer.writerow([name, cls, f"{conf:.6f}"])
+    finally:
+        if args.output:
+            out.close()
+
+
+def _cmd_list(args: argparse.Namespace) -> None:
+    if args.command == "algorithms":
+        from fewlabels.algorithms import algorithm_options, describe_algorithms
+
+        for name, doc in describe_algorithms():
+            opts = ", ".join(f"{k}={v}" for k, v in algorithm_options(name).items()) or "-"
+            print(f"{name:14s} {doc}\n{'':14s} options: {opts}")
+    elif args.command == "models":
+        from fewlabels.models import describe_models
+
+        for name, doc in describe_models():
+            print(f"{name:10s} {doc}")
+    else:
+        from fewlabels.data import DATASETS
+
+        for name in DATASETS.names():
+            doc = (DATASETS.get(name).__doc__ or "").strip().splitlines()[0]
+            print(f"{name:14s} {doc}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `fewlabels` console script."""
+    args = build_parser().parse_args(argv)
+    handlers = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict}
+    try:
+        handlers.get(args.command, _cmd_list)(args)
+    except FewLabelsError as exc:
+        print(f"fewlabels: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fewlabels: interrupted; resume with the same command plus --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

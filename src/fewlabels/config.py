@@ -1,0 +1,310 @@
+"""Frozen, documented configuration: one dataclass per section, resolved from defaults, YAML and flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fewlabels.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data to train on and how to split it."""
+
+    dataset: str = "digits"
+    """A built-in dataset name (see `fewlabels datasets`), an image folder, a .csv manifest or a .npz file."""
+    data_root: str | None = None
+    """Folder holding a built-in dataset's files (torchvision layout); None uses each dataset's default."""
+    download: bool = False
+    """Allow torchvision to download a missing built-in dataset."""
+    labels_per_class: int | None = None
+    """Labeled examples drawn per class (stratified, from the seed); None with num_labels None keeps all labels."""
+    num_labels: int | None = None
+    """Total labeled examples, spread evenly across classes; an alternative to labels_per_class."""
+    val_per_class: int | None = None
+    """Labeled validation examples held out per class; None picks a dataset-sized default."""
+    image_size: int | None = None
+    """Resize user images to this square size (needed when their sizes differ)."""
+    strict: bool = False
+    """Fail on an unreadable image instead of skipping it with a warning."""
+    augment: bool = True
+    """Apply the algorithm's augmented views; False feeds un-augmented inputs to every view (ablations, tests)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network."""
+
+    name: str | None = None
+    """A registered model (see `fewlabels models`); None uses the dataset's default."""
+    dropout: float = 0.0
+    """Dropout probability before the classifier."""
+    pretrained: bool = False
+    """Load pretrained weights where the model has them (downloads; torchvision models only)."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and learning-rate schedule (FixMatch's defaults)."""
+
+    optimizer: str = "sgd"
+    """'sgd' (Nesterov momentum) or 'adamw'."""
+    lr: float = 0.03
+    """Peak learning rate."""
+    momentum: float = 0.9
+    """SGD momentum (AdamW beta1)."""
+    nesterov: bool = True
+    """Use Nesterov momentum with SGD."""
+    weight_decay: float = 5e-4
+    """Weight decay, applied to weights only: never to BatchNorm parameters or biases."""
+    schedule: str = "cosine"
+    """'cosine' (FixMatch's lr*cos(7*pi*k/(16*K))) or 'constant'."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up steps."""
+    grad_clip: float | None = None
+    """Clip the gradient norm to this value; None disables clipping."""
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    """The semi-supervised algorithm and its own options (see `fewlabels algorithms`)."""
+
+    name: str = "fixmatch"
+    """A registered algorithm name."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Options passed to the algorithm (threshold, lambda_u, ...); unknown ones are an error."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop."""
+
+    steps: int | None = 2000
+    """Optimizer steps; ignored when budget is set."""
+    budget: str | None = None
+    """Wall-clock budget such as '15m', '90s' or '1h'; fixes the step count so the schedule ends on time."""
+    batch_size: int = 64
+    """Global labeled batch size B (split evenly across DDP ranks)."""
+    unlabeled_ratio: int = 7
+    """mu: the unlabeled batch is unlabeled_ratio * batch_size."""
+    ema: float = 0.999
+    """Decay of the evaluation EMA model (warmed up as min(ema, 1 - 1/(step + 1)))."""
+    eval_every: int = 200
+    """Evaluate the EMA model on validation and test every this many steps."""
+    eval_last_k: int = 5
+    """Report the median test accuracy of the last this many evaluations."""
+    log_every: int = 50
+    """Write averaged training statistics every this many steps."""
+    checkpoint_every: int = 500
+    """Write a resumable checkpoint every this many steps (and at the end)."""
+    seed: int = 0
+    """Fixes the label split, the data order, the augmentation and the initialisation."""
+    device: str = "auto"
+    """'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'."""
+    amp: bool = True
+    """Autocast to bf16 (or fp16 with a grad scaler) on GPU; ignored on CPU."""
+    channels_last: bool = True
+    """Use channels_last memory format for image models."""
+    compile: bool = False
+    """Compile the model with torch.compile."""
+    eval_batch_size: int = 1024
+    """Batch size for evaluation and prediction."""
+    progress: bool = True
+    """Show a progress bar."""
+    tensorboard: bool = False
+    """Also write TensorBoard logs (needs the tensorboard package)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run's configuration."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    """Data section."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model section."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer section."""
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    """Algorithm section."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Training-loop section."""
+    out: str | None = None
+    """Run folder; None derives one under runs/ from the dataset, algorithm and seed."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain nested dict; algorithm options are flattened into the algorithm section."""
+        d = dataclasses.asdict(self)
+        algo = d.pop("algorithm")
+        d["algorithm"] = {"name": algo["name"], **dict(algo["options"])}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Config:
+        """Build a Config from a nested dict, rejecting unknown keys with close-match suggestions."""
+        return _apply(cls(), d)
+
+    def override(self, **dotted: Any) -> Config:
+        """A copy with dotted keys replaced, e.g. override(**{'train.steps': 10})."""
+        return _apply(self, _undot(dotted))
+
+    def run_hash(self) -> str:
+        """A hash of everything that changes the trained model (not the out folder or the progress bar)."""
+        d = self.to_dict()
+        d.pop("out", None)
+        for key in ("progress", "tensorboard", "device", "eval_batch_size"):
+            d["train"].pop(key, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
+
+
+def _undot(flat: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = key.split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    hint = f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return ConfigError(f"unknown config key {key!r} in {where}:{hint} valid keys: {', '.join(valid)}")
+
+
+def _apply(base: Config, d: Mapping[str, Any]) -> Config:
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(d).__name__}")
+    top = [f.name for f in fields(Config)]
+    changes: dict[str, Any] = {}
+    for key, value in d.items():
+        if key == "out":
+            changes["out"] = None if value is None else str(value)
+        elif key == "algorithm":
+            changes["algorithm"] = _apply_algorithm(base.algorithm, value)
+        elif key in SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config section {key!r} must be a mapping, got {value!r}")
+            changes[key] = _apply_section(getattr(base, key), value, key)
+        else:
+            raise _unknown(key, top, "the top level")
+    return dataclasses.replace(base, **changes)
+
+
+def _apply_algorithm(base: AlgorithmConfig, value: Any) -> AlgorithmConfig:
+    if isinstance(value, str):
+        return AlgorithmConfig(name=value)
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"config section 'algorithm' must be a name or a mapping, got {value!r}")
+    value = dict(value)
+    name = value.pop("name", base.name)
+    options = dict(value.pop("options", {}) or {})
+    options.update(value)
+    # Options of another algorithm do not carry over when the name changes.
+    merged = {**base.options, **options} if name == base.name else options
+    return AlgorithmConfig(name=str(name), options=merged)
+
+
+def _apply_section(section: Any, values: Mapping[str, Any], where: str) -> Any:
+    valid = {f.name: f for f in fields(section)}
+    changes = {}
+    for key, value in values.items():
+        key = key.replace("-", "_")
+        if key not in valid:
+            raise _unknown(key, list(valid), f"section {where!r}")
+        changes[key] = _coerce(value, valid[key].type, f"{where}.{key}")
+    return dataclasses.replace(section, **changes)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    text = str(annotation)
+    if value is None:
+        if "None" not in text:
+            raise ConfigError(f"{where} cannot be null")
+        return None
+    for typ in ("bool", "int", "float", "str"):
+        if re.match(rf"^{typ}\b", text):
+            return _convert(value, typ, where)
+    return value
+
+
+def _convert(value: Any, typ: str, where: str) -> Any:
+    try:
+        if typ == "bool":
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if typ == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if typ == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be a {typ}, got {value!r}") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file (safe loader) into a nested dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist: check the path given to --config")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections (data:, train:, ...)")
+    return data
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parse 'section.key=value' with a YAML scalar value, as given to --set."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects section.key=value, got {text!r}: e.g. --set algorithm.threshold=0.9")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def resolve_config(config: Config | Mapping[str, Any] | str | Path | None = None, **dotted: Any) -> Config:
+    """Turn a Config, a nested dict or a YAML path (plus dotted overrides) into a Config."""
+    if config is None:
+        cfg = Config()
+    elif isinstance(config, Config):
+        cfg = config
+    elif isinstance(config, str | Path):
+        cfg = Config.from_dict(load_yaml(config))
+    else:
+        cfg = Config.from_dict(config)
+    return cfg.override(**dotted) if dotted else cfg
+
+
+def parse_duration(text: str) -> float:
+    """'15m' -> 900.0 seconds; accepts s, m, h suffixes or a plain number of seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+    if not match:
+        raise ConfigError(f"cannot read the budget {text!r}: use a number with s, m or h, e.g. 15m or 90s")
+    value, unit = float(match.group(1)), match.group(2) or "s"
+    seconds = value * {"s": 1, "m": 60, "h": 3600}[unit]
+    if seconds <= 0:
+        raise ConfigError(f"the budget {text!r} must be positive")
+    return seconds

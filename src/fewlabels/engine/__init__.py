@@ -1,0 +1,1 @@
+"""The training engine: one loop, EMA, schedules, checkpoints, evaluation, distributed set-up, logging."""

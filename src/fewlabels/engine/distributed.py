@@ -1,0 +1,83 @@
+"""DDP through torchrun: process-group set-up and the collectives algorithms use for shared statistics.
+
+Global-batch semantics: `train.batch_size` is the global labeled batch. Every rank draws the same global index
+list from the shared data-order seed and keeps its own contiguous slice, so N ranks see exactly the samples one
+process would. Augmentation randomness is per rank (seed + rank).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from fewlabels.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """True on the rank that writes files and prints."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        """True under torchrun with more than one process."""
+        return self.world_size > 1
+
+
+def init_distributed(device_hint: str = "auto") -> DistInfo:
+    """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device_hint != "cpu"
+        if use_cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistInfo(rank=rank, world_size=world, local_rank=local)
+
+
+def per_rank(global_size: int, info: DistInfo, what: str) -> int:
+    """Split a global batch size evenly across ranks."""
+    if global_size % info.world_size:
+        raise ConfigError(
+            f"{what} {global_size} does not divide evenly over {info.world_size} processes: "
+            f"use a multiple of {info.world_size}"
+        )
+    return global_size // info.world_size
+
+
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate equally shaped tensors from every rank along dim 0 (identity without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def broadcast_int(value: int, info: DistInfo, device: torch.device) -> int:
+    """Rank 0's value on every rank."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.long, device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
+def cleanup(info: DistInfo) -> None:
+    """Leave the process group."""
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

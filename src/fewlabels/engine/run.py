@@ -1,0 +1,106 @@
+"""A finished (or running) run folder: its config, split, metrics, summary and saved models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from fewlabels.config import Config, resolve_config
+from fewlabels.errors import ConfigError
+
+
+def save_model(folder: Path, model: nn.Module, bundle: Any, cfg: Config, name: str = "model") -> None:
+    """Write `name`.safetensors (weights) and `name`.json (how to rebuild the model), atomically."""
+    from fewlabels.engine.checkpoint import atomic_write_text
+
+    mean, std = bundle.channel_stats()
+    meta = {
+        "model": cfg.model.name or bundle.default_model,
+        "num_classes": bundle.num_classes,
+        "input_shape": list(bundle.input_shape),
+        "mean": mean,
+        "std": std,
+        "dropout": cfg.model.dropout,
+        "classes": list(bundle.classes),
+        "modality": bundle.modality,
+    }
+    tmp = folder / f".{name}.safetensors.tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(folder / f"{name}.safetensors")
+    atomic_write_text(folder / f"{name}.json", json.dumps(meta, indent=2))
+
+
+class Run:
+    """Read access to a run folder written by `fewlabels.train`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not (self.path / "config.yaml").exists():
+            raise ConfigError(f"{self.path} is not a fewlabels run folder (no config.yaml): pass the --out of a run")
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @property
+    def config(self) -> Config:
+        """The resolved config the run was made with."""
+        return resolve_config(self.path / "config.yaml")
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """summary.json (final figures); empty while the run has not finished."""
+        path = self.path / "summary.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """Every row of metrics.jsonl (training rows and evaluation rows, the latter with kind='eval')."""
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names, index k -> name."""
+        return self.model_info()["classes"]
+
+    def model_info(self, which: str = "model") -> dict[str, Any]:
+        """What `save_model` recorded about the model."""
+        path = self.path / f"{which}.json"
+        if not path.exists():
+            raise ConfigError(f"{self.path} has no {which}.safetensors yet: the run has not finished")
+        return json.loads(path.read_text())
+
+    def load_model(self, which: str = "model") -> nn.Module:
+        """The final EMA model ('model') or the best-on-validation one ('best'), in eval mode, on the CPU."""
+        from fewlabels.models import create_model
+
+        info = self.model_info(which)
+        model = create_model(
+            info["model"],
+            num_classes=info["num_classes"],
+            input_shape=tuple(info["input_shape"]),
+            mean=info["mean"],
+            std=info["std"],
+            dropout=info["dropout"],
+        )
+        model.load_state_dict(load_file(str(self.path / f"{which}.safetensors")))
+        return model.eval()
+
+    def predict_proba(self, x: Tensor | np.ndarray, which: str = "model", batch_size: int = 1024) -> np.ndarray:
+        """Class probabilities for inputs in the training format (uint8 or [0, 1] images, or vectors)."""
+        from fewlabels.engine.evaluate import predict_logits
+
+        x = torch.as_tensor(np.asarray(x)) if not isinstance(x, Tensor) else x
+        logits = predict_logits(self.load_model(which), x, batch_size=batch_size)
+        return logits.softmax(-1).numpy()
+
+    def predict(self, x: Tensor | np.ndarray, which: str = "model") -> np.ndarray:
+        """Predicted class indices."""
+        return self.predict_proba(x, which).argmax(-1)

@@ -1,0 +1,485 @@
+"""The one training loop behind the CLI, the Python API, the estimator and every pipeline stage."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from fewlabels.algorithms import ALGORITHMS, Algorithm, Batch, BatchPart, StepContext, create_algorithm
+from fewlabels.augment import Augmenter
+from fewlabels.config import Config, parse_duration, resolve_config
+from fewlabels.data import DataBundle, Split, check_unlabeled, load_dataset, make_split
+from fewlabels.engine import checkpoint as ckpt
+from fewlabels.engine.budget import BudgetPlanner
+from fewlabels.engine.distributed import DistInfo, all_gather_cat, broadcast_int, cleanup, init_distributed, per_rank
+from fewlabels.engine.ema import ModelEMA
+from fewlabels.engine.evaluate import accuracy, confusion_matrix, per_class_accuracy, predict_logits
+from fewlabels.engine.monitor import MetricsLogger, PseudoMonitor
+from fewlabels.engine.run import Run, save_model
+from fewlabels.engine.schedule import build_optimizer, lr_factor, set_lr
+from fewlabels.errors import ConfigError, TrainingDiverged
+from fewlabels.models import MODELS, create_model
+
+
+
+class InfiniteSampler:
+    """Endless shuffled passes over a pool, a global batch at a time, from its own seeded generator."""
+
+    def __init__(self, pool: Tensor, batch_size: int, seed: int) -> None:
+        self.pool = pool
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.randperm(len(pool), generator=self.generator)
+        self.position = 0
+
+    def next(self) -> Tensor:
+        """Positions (into the pool) of the next global batch."""
+        parts, need = [], self.batch_size
+        while need > 0:
+            if self.position >= len(self.order):
+                self.order = torch.randperm(len(self.pool), generator=self.generator)
+                self.position = 0
+            take = self.order[self.position : self.position + need]
+            self.position += len(take)
+            need -= len(take)
+            parts.append(take)
+        return torch.cat(parts)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.order = state["order"].long()
+        self.position = int(state["position"])
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but no CUDA GPU is visible: use --device cpu")
+    return device
+
+
+def default_out(cfg: Config) -> str:
+    """runs/<dataset>-<algorithm>-<labels>-s<seed>."""
+    data = cfg.data
+    labels = f"{data.labels_per_class}pc" if data.labels_per_class else (f"{data.num_labels}l" if data.num_labels else "all")
+    stem = Path(data.dataset).stem if ("/" in data.dataset or "." in data.dataset) else data.dataset
+    return str(Path("runs") / f"{stem}-{cfg.algorithm.name}-{labels}-s{cfg.train.seed}")
+
+
+@dataclass
+class Context:
+    """Everything the loop needs, built once."""
+
+    cfg: Config
+    info: DistInfo
+    device: torch.device
+    folder: Path
+    bundle: DataBundle
+    split: Split
+    model: nn.Module
+    raw_model: nn.Module
+    ema: ModelEMA
+    algorithm: Algorithm
+    optimizer: torch.optim.Optimizer
+    augmenter: Augmenter
+    labeled: InfiniteSampler
+    unlabeled: InfiniteSampler | None
+    x_train: Tensor
+    y_train: Tensor
+    autocast_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+
+
+def train(config: Config | dict | str | Path | None = None, **overrides: Any) -> Run:
+    """Train a model as `config` (a Config, a nested dict or a YAML path, plus dotted overrides) says; return the Run.
+
+    With `resume=True` (given as an override) a run folder holding a checkpoint continues from it.
+    """
+    resume = bool(overrides.pop("resume", False))
+    cfg = resolve_config(config, **overrides)
+    info = init_distributed(cfg.train.device)
+    try:
+        ctx = _build(cfg, info, resume)
+        return _loop(ctx, resume)
+    finally:
+        cleanup(info)
+
+
+def _prepare_folder(cfg: Config, folder: Path, resume: bool, info: DistInfo) -> None:
+    config_path = folder / "config.yaml"
+    if resume:
+        if not ckpt.has_checkpoint(folder):
+            raise ConfigError(f"--resume: {folder} holds no checkpoint to continue; drop --resume to start afresh")
+        saved = resolve_config(config_path)
+        if saved.run_hash() != cfg.run_hash():
+            diff = _config_diff(saved.to_dict(), cfg.to_dict())
+            raise ConfigError(
+                f"--resume: {folder} was made with a different config ({diff}); "
+                "resume with the same settings or choose another --out"
+            )
+        return
+    if ckpt.has_checkpoint(folder) or (folder / "summary.json").exists():
+        raise ConfigError(f"{folder} already holds a run: add --resume to continue it or choose another --out")
+    if info.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metrics.jsonl").unlink(missing_ok=True)
+        ckpt.atomic_write_text(config_path, cfg.to_yaml())
+
+
+def _config_diff(old: dict, new: dict, prefix: str = "") -> str:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _config_diff(a, b, f"{prefix}{key}.")
+            if inner:
+                out.append(inner)
+        elif a != b and key not in ("out", "progress", "tensorboard", "device", "eval_batch_size"):
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return "; ".join(out)
+
+
+def _build(cfg: Config, info: DistInfo, resume: bool) -> Context:
+    ALGORITHMS.get(cfg.algorithm.name)  # unknown names fail before any data is read
+    if cfg.model.name is not None:
+        MODELS.get(cfg.model.name)
+    device = resolve_device(cfg.train.device)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    folder = Path(cfg.out or default_out(cfg))
+    _prepare_folder(cfg, folder, resume, info)
+
+    d = cfg.data
+    bundle = load_dataset(d.dataset, root=d.data_root, download=d.download, strict=d.strict, image_size=d.image_size)
+    split_path = folder / "split.json"
+    if resume and split_path.exists():
+        split = Split.load(split_path)
+    else:
+        split = make_split(bundle, d.labels_per_class, d.num_labels, d.val_per_class, seed=cfg.train.seed)
+        if info.is_main:
+            split.save(split_path)
+
+    probe = create_algorithm(cfg.algorithm.name, bundle.num_classes, len(split.unlabeled), **cfg.algorithm.options)
+    check_unlabeled(split, type(probe).needs_unlabeled)
+
+    torch.manual_seed(cfg.train.seed)  # the same initialisation on every rank
+    mean, std = bundle.channel_stats()
+    raw_model = create_model(
+        cfg.model.name or bundle.default_model,
+        num_classes=bundle.num_classes,
+        input_shape=bundle.input_shape,
+        mean=mean,
+        std=std,
+        dropout=cfg.model.dropout,
+        pretrained=cfg.model.pretrained,
+    ).to(device)
+    channels_last = cfg.train.channels_last and bundle.modality == "image"
+    if channels_last:
+        raw_model = raw_model.to(memory_format=torch.channels_last)
+    ema = ModelEMA(raw_model, cfg.train.ema)
+    model: nn.Module = raw_model
+    if cfg.train.compile:
+        model = torch.compile(model)
+    if info.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    autocast_dtype, scaler = None, None
+    if cfg.train.amp and device.type == "cuda":
+        autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if autocast_dtype == torch.float16:
+            scaler = torch.amp.GradScaler("cuda")
+
+    t = cfg.train
+    per_rank(t.batch_size, info, "--batch-size")
+    per_rank(t.batch_size * t.unlabeled_ratio, info, "the unlabeled batch (batch size x unlabeled ratio)")
+    labeled = InfiniteSampler(torch.from_numpy(np.array(split.labeled)), t.batch_size, seed=t.seed + 1)
+    unlabeled = None
+    if type(probe).needs_unlabeled:
+        pool = torch.from_numpy(np.array(split.unlabeled))
+        unlabeled = InfiniteSampler(pool, t.batch_size * t.unlabeled_ratio, t.seed + 2)
+    return Context(
+        cfg=cfg,
+        info=info,
+        device=device,
+        folder=folder,
+        bundle=bundle,
+        split=split,
+        model=model,
+        raw_model=raw_model,
+        ema=ema,
+        algorithm=probe,
+        optimizer=build_optimizer(raw_model, cfg.optim),
+        augmenter=Augmenter(bundle.modality, hflip=bundle.hflip, seed=t.seed * 1000 + info.rank),
+        labeled=labeled,
+        unlabeled=unlabeled,
+        x_train=bundle.x_train.to(device),
+        y_train=bundle.y_train.to(device),
+        autocast_dtype=autocast_dtype,
+        scaler=scaler,
+    )
+
+
+def _local(positions: Tensor, info: DistInfo) -> Tensor:
+    """This rank's contiguous slice of a global batch."""
+    size = len(positions) // info.world_size
+    return positions[info.rank * size : (info.rank + 1) * size]
+
+
+def _next_batch(ctx: Context) -> Batch:
+    algo_views = type(ctx.algorithm).views
+    view = (lambda x, v: ctx.augmenter(x, v)) if ctx.cfg.data.augment else (lambda x, v: ctx.augmenter(x, "none"))
+    channels_last = ctx.cfg.train.channels_last and ctx.bundle.modality == "image"
+
+    def views(x: Tensor, names: tuple[str, ...]) -> dict[str, Tensor]:
+        out = {name: view(x, name) for name in names}
+        if channels_last:
+            out = {k: v.contiguous(memory_format=torch.channels_last) for k, v in out.items()}
+        return out
+
+    idx_l = ctx.labeled.pool[_local(ctx.labeled.next(), ctx.info)].to(ctx.device)
+    labeled = BatchPart(views(ctx.x_train[idx_l], algo_views.labeled), y=ctx.y_train[idx_l])
+    unlabeled = None
+    if ctx.unlabeled is not None:
+        pos_u = _local(ctx.unlabeled.next(), ctx.info)
+        idx_u = ctx.unlabeled.pool[pos_u].to(ctx.device)
+        pos_u = pos_u.to(ctx.device)
+        unlabeled = BatchPart(views(ctx.x_train[idx_u], algo_views.unlabeled), index=pos_u)
+    return Batch(labeled=labeled, unlabeled=unlabeled)
+
+
+def _state(ctx: Context, step: int, total: int, extra: dict[str, Any]) -> dict[str, Any]:
+    state = {
+        "step": step,
+        "total_steps": total,
+        "config_hash": ctx.cfg.run_hash(),
+        "model": ctx.raw_model.state_dict(),
+        "ema": ctx.ema.module.state_dict(),
+        "ema_updates": ctx.ema.updates,
+        "optimizer": ctx.optimizer.state_dict(),
+        "algorithm": ctx.algorithm.state_dict(),
+        "augmenter": ctx.augmenter.state_dict(),
+        "labeled_sampler": ctx.labeled.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        **extra,
+    }
+    if ctx.unlabeled is not None:
+        state["unlabeled_sampler"] = ctx.unlabeled.state_dict()
+    if ctx.scaler is not None:
+        state["scaler"] = ctx.scaler.state_dict()
+    return state
+
+
+def _restore(ctx: Context, state: dict[str, Any]) -> None:
+    ctx.raw_model.load_state_dict(state["model"])
+    ctx.ema.module.load_state_dict(state["ema"])
+    ctx.ema.updates = int(state["ema_updates"])
+    ctx.optimizer.load_state_dict(state["optimizer"])
+    ctx.algorithm.load_state_dict(state["algorithm"])
+    ctx.augmenter.load_state_dict(state["augmenter"])
+    ctx.labeled.load_state_dict(state["labeled_sampler"])
+    if ctx.unlabeled is not None:
+        ctx.unlabeled.load_state_dict(state["unlabeled_sampler"])
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if ctx.scaler is not None and "scaler" in state:
+        ctx.scaler.load_state_dict(state["scaler"])
+
+
+def _train_step(ctx: Context, step: int, total: int) -> tuple[dict[str, float], Any, Tensor | None]:
+    """One optimizer step; returns the scalar logs, the pseudo-labels and the unlabeled pool positions."""
+    tick = time.perf_counter()
+    batch = _next_batch(ctx)
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+    data_time = time.perf_counter() - tick
+
+    set_lr(ctx.optimizer, ctx.cfg.optim.lr * lr_factor(step, total, ctx.cfg.optim))
+    step_ctx = StepContext(step=step, total_steps=total, num_classes=ctx.bundle.num_classes, all_gather=all_gather_cat)
+    amp = torch.autocast(ctx.device.type, dtype=ctx.autocast_dtype) if ctx.autocast_dtype else nullcontext()
+    ctx.model.train()
+    with amp:
+        out = ctx.algorithm.step(ctx.model, batch, step_ctx)
+    if not torch.isfinite(out.loss.detach()).item():
+        return {"loss": float(out.loss.detach())}, None, None
+    ctx.optimizer.zero_grad(set_to_none=True)
+    if ctx.scaler is not None:
+        ctx.scaler.scale(out.loss).backward()
+        ctx.scaler.unscale_(ctx.optimizer)
+    else:
+        out.loss.backward()
+    if ctx.cfg.optim.grad_clip:
+        nn.utils.clip_grad_norm_(ctx.raw_model.parameters(), ctx.cfg.optim.grad_clip)
+    if ctx.scaler is not None:
+        ctx.scaler.step(ctx.optimizer)
+        ctx.scaler.update()
+    else:
+        ctx.optimizer.step()
+    ctx.ema.update(ctx.raw_model)
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+    logs = {k: float(v) for k, v in out.logs.items()}
+    logs.update(loss=float(out.loss.detach()), lr=ctx.optimizer.param_groups[0]["lr"], data_time=data_time)
+    logs["step_time"] = time.perf_counter() - tick
+    index = batch.unlabeled.index if batch.unlabeled is not None else None
+    return logs, out.pseudo, index
+
+
+def _evaluate(ctx: Context, model: nn.Module) -> dict[str, Any]:
+    b, t = ctx.bundle, ctx.cfg.train
+    kwargs = dict(batch_size=t.eval_batch_size, device=ctx.device, autocast_dtype=ctx.autocast_dtype,
+                  channels_last=t.channels_last and b.modality == "image")
+    out: dict[str, Any] = {}
+    x_val, y_val = _val_set(ctx)
+    if x_val is not None and len(x_val):
+        out["val_accuracy"] = accuracy(predict_logits(model, x_val, **kwargs), y_val)
+    if b.x_test is not None and b.y_test is not None:
+        out["test_accuracy"] = accuracy(predict_logits(model, b.x_test, **kwargs), b.y_test)
+    return out
+
+
+def _val_set(ctx: Context) -> tuple[Tensor | None, Tensor | None]:
+    b = ctx.bundle
+    if b.x_val is not None:
+        return b.x_val, b.y_val
+    if len(ctx.split.val):
+        idx = torch.from_numpy(np.array(ctx.split.val))
+        return b.x_train[idx], b.y_train[idx]
+    return None, None
+
+
+def _loop(ctx: Context, resume: bool) -> Run:
+    cfg, t, info = ctx.cfg, ctx.cfg.train, ctx.info
+    budget = parse_duration(t.budget) if t.budget else None
+    if budget is None and (t.steps is None or t.steps < 1):
+        raise ConfigError("set --steps N (N >= 1) or --budget such as 15m")
+    total = t.steps if budget is None else None
+    start_step, history, wall_before = 0, [], 0.0
+    best_val = -math.inf
+    if resume:
+        state = ckpt.load_checkpoint(ctx.folder, device="cpu")
+        _restore(ctx, state)
+        start_step, total = int(state["step"]), int(state["total_steps"])
+        history, wall_before = list(state["test_history"]), float(state["wall_seconds"])
+        best_val = float(state.get("best_val", -math.inf))
+        if info.is_main:
+            _trim_metrics(ctx.folder / "metrics.jsonl", start_step)
+
+    logger = MetricsLogger(ctx.folder if info.is_main else None, tensorboard=t.tensorboard)
+    monitor = PseudoMonitor(_hidden_labels(ctx), ctx.bundle.num_classes)
+    planner = BudgetPlanner(budget - wall_before, t.eval_every) if budget else None
+    start = time.perf_counter()
+    eval_seconds = 0.0
+    bar = tqdm(total=total, initial=start_step, disable=not (t.progress and info.is_main), dynamic_ncols=True,
+               desc=cfg.algorithm.name)
+    step = last_good = start_step
+    while total is None or step < total:
+        logs, pseudo, index = _train_step(ctx, step, total if total is not None else 10**9)
+        if not math.isfinite(logs["loss"]):
+            bar.close()
+            raise TrainingDiverged(
+                f"the loss became {logs['loss']} at step {step}; the last good checkpoint (step {last_good}) is kept "
+                f"in {ctx.folder}: lower --lr, enable --set optim.grad_clip=1.0, or check the data for NaNs"
+            )
+        step += 1
+        if pseudo is not None and index is not None:
+            monitor.add(index, pseudo[0], pseudo[1])
+        logger.add(logs)
+        if planner is not None:
+            planner.add_step_time(step, logs["step_time"])
+            replan = total is None and planner.calibrated or step % t.log_every == 0
+            if replan and planner.calibrated:
+                if total is None:
+                    tick = time.perf_counter()
+                    _evaluate(ctx, ctx.ema.module)
+                    eval_seconds = time.perf_counter() - tick
+                total = broadcast_int(planner.plan(step, time.perf_counter() - start, eval_seconds), info, ctx.device)
+                bar.total = total
+        bar.update(1)
+        if step % t.log_every == 0 or step == total:
+            means = logger.means()
+            bar.set_postfix({k: f"{means[k]:.3g}" for k in ("loss", "mask") if k in means})
+            logger.flush(step, monitor.summary())
+            monitor.reset()
+        if total is not None and (step % t.eval_every == 0 or step == total):
+            tick = time.perf_counter()
+            row = {"step": step, **_evaluate(ctx, ctx.ema.module)}
+            eval_seconds = time.perf_counter() - tick
+            if "test_accuracy" in row:
+                history.append(row["test_accuracy"])
+            if row.get("val_accuracy", -math.inf) > best_val and info.is_main:
+                best_val = row["val_accuracy"]
+                save_model(ctx.folder, ctx.ema.module, ctx.bundle, cfg, name="best")
+            logger.write({**row, "kind": "eval"})
+        if total is not None and (step % t.checkpoint_every == 0 or step == total) and info.is_main:
+            wall = wall_before + time.perf_counter() - start
+            extra = {"test_history": history, "wall_seconds": wall, "best_val": best_val}
+            ckpt.save_checkpoint(ctx.folder, _state(ctx, step, total, extra))
+            last_good = step
+    bar.close()
+    logger.close()
+    wall = wall_before + time.perf_counter() - start
+    if info.is_main:
+        _finish(ctx, step, wall, history)
+    return Run(ctx.folder)
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop rows written after the checkpoint a resumed run restarts from."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    ckpt.atomic_write_text(path, "".join(r + "\n" for r in rows))
+
+
+def _hidden_labels(ctx: Context) -> Tensor:
+    """The unlabeled pool's true labels where known (built-in datasets), else -1: for monitoring only."""
+    return ctx.bundle.y_train[torch.from_numpy(np.array(ctx.split.unlabeled))].cpu()
+
+
+def _finish(ctx: Context, step: int, wall: float, history: list[float]) -> None:
+    cfg, b = ctx.cfg, ctx.bundle
+    save_model(ctx.folder, ctx.ema.module, b, cfg, name="model")
+    final = _evaluate(ctx, ctx.ema.module)
+    summary: dict[str, Any] = {
+        "algorithm": cfg.algorithm.name,
+        "dataset": cfg.data.dataset,
+        "model": cfg.model.name or b.default_model,
+        "seed": cfg.train.seed,
+        "steps": step,
+        "wall_seconds": round(wall, 2),
+        "num_labels": len(ctx.split.labeled),
+        "num_unlabeled": len(ctx.split.unlabeled),
+        "num_val": len(ctx.split.val) if b.x_val is None else len(b.x_val),
+        "val_accuracy": final.get("val_accuracy"),
+        "test_accuracy": final.get("test_accuracy"),
+        "test_accuracy_median_last": statistics.median(history[-cfg.train.eval_last_k :]) if history else None,
+        "device": str(ctx.device),
+        "world_size": ctx.info.world_size,
+        "skipped_files": len(b.skipped_files),
+    }
+    if b.x_test is not None and b.y_test is not None:
+        logits = predict_logits(ctx.ema.module, b.x_test, cfg.train.eval_batch_size, ctx.device,
+                                channels_last=cfg.train.channels_last and b.modality == "image")
+        summary["per_class_test_accuracy"] = per_class_accuracy(logits, b.y_test, b.num_classes)
+        summary["confusion_matrix"] = confusion_matrix(logits, b.y_test, b.num_classes)
+    if b.skipped_files:
+        warnings.warn(f"{len(b.skipped_files)} unreadable files were skipped (see summary.json)", stacklevel=2)
+    ckpt.atomic_write_text(ctx.folder / "summary.json", json.dumps(summary, indent=2))

@@ -1,0 +1,84 @@
+"""Registered networks behind one interface: `model(x) -> logits`, `model.features(x)`, `model.classifier`."""
+
+from __future__ import annotations
+
+import inspect
+import operator
+from collections.abc import Sequence
+
+from fewlabels.errors import ConfigError
+from fewlabels.models import cnn, mlp, resnet, wideresnet  # noqa: F401  (importing registers the models)
+from fewlabels.models.base import IMAGENET_MEAN, IMAGENET_STD, MODELS, Classifier, Normalize
+
+__all__ = ["MODELS", "Classifier", "Normalize", "create_model", "describe_models", "list_models"]
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    dropout: float = 0.0,
+    pretrained: bool = False,
+) -> Classifier:
+    """Build model `name` for inputs (N, *input_shape) on the [0, 1] scale, returning a `Classifier`.
+
+    `input_shape` is (C, H, W) for images or (D,) for vectors; `mean`/`std` (one value or one per
+    channel/feature) become a fixed normalisation inside the model, identity when None. `dropout` applies
+    before the final linear layer. `pretrained=True` downloads ImageNet weights (resnet18 only) and, when no
+    mean/std are given, normalises with ImageNet's statistics, which those weights expect.
+    """
+    factory = MODELS.get(name)
+    key = next(k for k in MODELS.names() if MODELS.get(k) is factory)
+    input_shape = _check_shape(input_shape)
+    try:
+        classes = operator.index(num_classes)
+    except TypeError:
+        classes = 0
+    if classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+    kwargs: dict[str, object] = {"num_classes": classes, "input_shape": input_shape}
+    if pretrained:
+        if "pretrained" not in inspect.signature(factory).parameters:
+            have = [n for n in MODELS.names() if "pretrained" in inspect.signature(MODELS.get(n)).parameters]
+            raise ConfigError(
+                f"model {key!r} has no pretrained weights; set pretrained=False or use {', '.join(have)}"
+            )
+        kwargs["pretrained"] = True
+        if mean is None and std is None and input_shape[0] in (1, 3):
+            # Grey inputs go through kernels summed over RGB, so the channel-averaged statistics fit best.
+            mean = IMAGENET_MEAN if input_shape[0] == 3 else (sum(IMAGENET_MEAN) / 3,)
+            std = IMAGENET_STD if input_shape[0] == 3 else (sum(IMAGENET_STD) / 3,)
+    backbone, classifier = factory(**kwargs)
+    return Classifier(key, backbone, classifier, input_shape, mean=mean, std=std, dropout=dropout)
+
+
+def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    try:
+        # operator.index accepts numpy integers (shapes often come from arrays) but not floats.
+        shape = tuple(operator.index(s) for s in input_shape)
+    except TypeError:
+        shape = ()
+    if len(shape) not in (1, 3) or min(shape) < 1:
+        raise ConfigError(
+            f"input_shape must be (C, H, W) for images or (D,) for vectors, with positive integer sizes; "
+            f"got {input_shape!r}"
+        )
+    return shape
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted."""
+    return MODELS.names()
+
+
+def describe_models() -> list[tuple[str, str]]:
+    """(name, one-line description) for each registered model, for `fewlabels models`."""
+    out = []
+    for name in MODELS.names():
+        doc = inspect.getdoc(MODELS.get(name)) or ""
+        out.append((name, doc.splitlines()[0] if doc else ""))
+    return out

@@ -1,0 +1,112 @@
+"""The model registry and the wrapper that gives every network the same interface."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from fewlabels.errors import ConfigError, DataError
+from fewlabels.registry import Registry
+
+# A factory builds the bare network for one input shape: a backbone returning (N, F) features and the final
+# linear layer. Normalisation and dropout are added by `create_model`, so every family gets them the same way.
+ModelFactory = Callable[..., tuple[nn.Module, nn.Linear]]
+
+MODELS: Registry[ModelFactory] = Registry("model")
+
+# torchvision's ImageNet statistics, used with pretrained weights when the caller gives no mean/std.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def image_shape(model: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """Return (C, H, W) from `input_shape`, or raise a ConfigError pointing vector data at `mlp`."""
+    if len(input_shape) != 3:
+        raise ConfigError(
+            f"model {model!r} takes images (C, H, W) but the input shape is {tuple(input_shape)}; "
+            "use model 'mlp' for vector (D,) inputs"
+        )
+    c, h, w = input_shape
+    return c, h, w
+
+
+class Normalize(nn.Module):
+    """Fixed `(x - mean) / std` per channel (images) or per feature (vectors); buffers, never trained."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(
+        self, input_shape: tuple[int, ...], mean: Sequence[float] | None, std: Sequence[float] | None
+    ):
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        n = self.input_shape[0]
+        # Identity stats are still stored so every state_dict has the same keys and a checkpoint always
+        # carries the normalisation that its weights were trained with.
+        self.register_buffer("mean", _stats("mean", mean, n, 0.0), persistent=True)
+        self.register_buffer("std", _stats("std", std, n, 1.0), persistent=True)
+        if not bool((self.std > 0).all()):
+            raise ConfigError(f"std must be positive, got {self.std.tolist()}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise `x` of shape (N, *input_shape)."""
+        if x.dim() != len(self.input_shape) + 1 or x.shape[1] != self.input_shape[0]:
+            kind = "images (N, C, H, W)" if len(self.input_shape) == 3 else "vectors (N, D)"
+            raise DataError(
+                f"the model expects {kind} with input shape {self.input_shape}, got a tensor of shape "
+                f"{tuple(x.shape)}"
+            )
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        return (x - self.mean.view(view)) / self.std.view(view)
+
+    def extra_repr(self) -> str:
+        return f"input_shape={self.input_shape}"
+
+
+def _stats(what: str, values: Sequence[float] | None, n: int, default: float) -> torch.Tensor:
+    """Expand per-channel/feature statistics to length `n` (one value broadcasts)."""
+    if values is None:
+        return torch.full((n,), default)
+    t = torch.as_tensor(values, dtype=torch.float32).flatten()
+    if t.numel() == 1:
+        t = t.expand(n).clone()
+    if t.numel() != n:
+        raise ConfigError(f"{what} has {t.numel()} values but the input has {n} channels/features")
+    if not bool(torch.isfinite(t).all()):
+        raise ConfigError(f"{what} must be finite, got {t.tolist()}")
+    return t
+
+
+class Classifier(nn.Module):
+    """Normalise -> backbone -> dropout -> `classifier`; `features(x)` gives the penultimate (N, F) output."""
+
+    def __init__(
+        self,
+        name: str,
+        backbone: nn.Module,
+        classifier: nn.Linear,
+        input_shape: tuple[int, ...],
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.name = name
+        self.input_shape = tuple(input_shape)
+        self.num_features = classifier.in_features
+        self.num_classes = classifier.out_features
+        self.normalize = Normalize(self.input_shape, mean, std)
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = classifier
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (N, F) of inputs on the [0, 1] scale (before dropout)."""
+        return self.backbone(self.normalize(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes)."""
+        return self.classifier(self.dropout(self.features(x)))

@@ -1,0 +1,228 @@
+"""Each algorithm against hand-computed losses, gradient flow, and state save/restore."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from fewlabels.algorithms import Batch, BatchPart, StepContext, create_algorithm, list_algorithms
+from fewlabels.algorithms.freematch import fairness_loss
+from fewlabels.algorithms.thresholds import CurriculumThreshold, SelfAdaptiveThreshold, TruncatedGaussianWeight
+from fewlabels.engine.checkpoint import flatten, unflatten
+from fewlabels.errors import ConfigError
+
+
+class Echo(nn.Module):
+    """A 'model' whose logits are its inputs times a scalar weight, so losses can be computed by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+def ce(logits: list[float], target: int) -> float:
+    return -logits[target] + math.log(sum(math.exp(v) for v in logits))
+
+
+def softmax_max(logits: list[float]) -> float:
+    z = [math.exp(v) for v in logits]
+    return max(z) / sum(z)
+
+
+X_L = [[2.0, 0.0], [0.0, 1.0]]
+Y_L = [0, 1]
+U_W = [[4.0, 0.0], [0.0, 0.5], [0.0, 5.0]]  # confidences 0.982, 0.622, 0.993
+U_S = [[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]
+LOSS_L = (ce(X_L[0], 0) + ce(X_L[1], 1)) / 2
+
+
+def make_batch(requires_grad: bool = False) -> Batch:
+    weak = torch.tensor(U_W, requires_grad=requires_grad)
+    strong = torch.tensor(U_S, requires_grad=requires_grad)
+    labeled = BatchPart({"weak": torch.tensor(X_L)}, y=torch.tensor(Y_L))
+    unlabeled = BatchPart({"weak": weak, "strong": strong}, index=torch.arange(3))
+    return Batch(labeled=labeled, unlabeled=unlabeled)
+
+
+def ctx(step: int = 0, total: int = 100) -> StepContext:
+    return StepContext(step=step, total_steps=total, num_classes=2)
+
+
+def test_registry_lists_the_core_algorithms():
+    assert {"supervised", "pseudo_label", "fixmatch", "flexmatch", "freematch", "softmatch"} <= set(list_algorithms())
+
+
+def test_unknown_algorithm_and_option_are_named_with_suggestions():
+    with pytest.raises(ConfigError, match="fixmatch"):
+        create_algorithm("fixmatc", num_classes=2)
+    with pytest.raises(ConfigError, match="threshold"):
+        create_algorithm("fixmatch", num_classes=2, treshold=0.9)
+
+
+def test_supervised_loss_is_cross_entropy():
+    out = create_algorithm("supervised", 2).step(Echo(), make_batch(), ctx())
+    assert out.loss.item() == pytest.approx(LOSS_L, rel=1e-6)
+
+
+def test_fixmatch_loss_by_hand():
+    out = create_algorithm("fixmatch", 2, 3).step(Echo(), make_batch(), ctx())
+    # Samples 0 and 2 pass the 0.95 threshold with pseudo-labels 0 and 1; the sum is divided by all 3 samples.
+    loss_u = (ce(U_S[0], 0) + ce(U_S[2], 1)) / 3
+    assert out.loss.item() == pytest.approx(LOSS_L + loss_u, rel=1e-6)
+    assert out.logs["mask"].item() == pytest.approx(2 / 3)
+    assert out.pseudo[0].tolist() == [0, 1, 1]
+    assert out.pseudo[1].tolist() == [1.0, 0.0, 1.0]
+
+
+def test_fixmatch_threshold_is_inclusive():
+    conf = softmax_max(U_W[0])
+    out = create_algorithm("fixmatch", 2, 3, threshold=conf).step(Echo(), make_batch(), ctx())
+    assert out.pseudo[1][0].item() == 1.0
+
+
+def test_fixmatch_gradients_reach_strong_view_only_where_masked():
+    batch = make_batch(requires_grad=True)
+    out = create_algorithm("fixmatch", 2, 3).step(Echo(), batch, ctx())
+    out.loss.backward()
+    assert batch.unlabeled["weak"].grad is None  # the pseudo-labelling pass has no gradient
+    grad = batch.unlabeled["strong"].grad
+    assert grad[0].abs().sum() > 0 and grad[2].abs().sum() > 0
+    assert grad[1].abs().sum() == 0  # masked out
+
+
+def test_pseudo_label_ramps_up_and_trains_the_same_view():
+    algo = create_algorithm("pseudo_label", 2, 3, warmup=0.5)
+    batch = make_batch(requires_grad=True)
+    start = algo.step(Echo(), batch, ctx(step=0))
+    assert start.loss.item() == pytest.approx(LOSS_L, rel=1e-6)  # weight 0 at the start
+    mid = algo.step(Echo(), make_batch(), ctx(step=25))  # ramp half-way: weight 0.5
+    loss_u = (ce(U_W[0], 0) + ce(U_W[2], 1)) / 3
+    assert mid.loss.item() == pytest.approx(LOSS_L + 0.5 * loss_u, rel=1e-6)
+    late = algo.step(Echo(), batch, ctx(step=80))
+    late.loss.backward()
+    assert batch.unlabeled["weak"].grad[0].abs().sum() > 0
+    assert batch.unlabeled["weak"].grad[1].abs().sum() == 0
+
+
+def test_flexmatch_starts_with_zero_thresholds_then_follows_its_memory():
+    algo = create_algorithm("flexmatch", 2, 3)
+    first = algo.step(Echo(), make_batch(), ctx())
+    # All samples unused -> beta = 0 -> threshold M(0) * 0.95 = 0: every pseudo-label counts at first.
+    assert first.pseudo[1].tolist() == [1.0, 1.0, 1.0]
+    loss_u = (ce(U_S[0], 0) + ce(U_S[1], 1) + ce(U_S[2], 1)) / 3
+    assert first.loss.item() == pytest.approx(LOSS_L + loss_u, rel=1e-6)
+    # Memory now: sample 0 -> class 0, sample 2 -> class 1, sample 1 unused. Counts 1, 1, unused 1 -> beta = 1.
+    assert algo.mask_fn.selected.tolist() == [0, -1, 1]
+    assert algo.mask_fn.class_beta().tolist() == [1.0, 1.0]
+    second = algo.step(Echo(), make_batch(), ctx(step=1))
+    assert second.pseudo[1].tolist() == [1.0, 0.0, 1.0]  # thresholds back at 0.95 * M(1) = 0.95
+
+
+def test_flexmatch_curriculum_mapping_by_hand():
+    thr = CurriculumThreshold(num_unlabeled=10, num_classes=2, threshold=0.9, warmup=True)
+    thr.selected[:2] = 0  # class 0: 2, class 1: 0, unused: 8
+    beta = thr.class_beta()
+    assert beta.tolist() == pytest.approx([2 / 8, 0.0])
+    probs = torch.tensor([[0.2, 0.8], [0.85, 0.15]])
+    # class 0 threshold = 0.9 * 0.25 / 1.75 = 0.1286; class 1 threshold = 0
+    mask = thr(probs, index=torch.tensor([5, 6]))
+    assert mask.tolist() == [1.0, 1.0]
+    no_warm = CurriculumThreshold(num_unlabeled=10, num_classes=2, threshold=0.9, warmup=False)
+    no_warm.selected[:2] = 0
+    assert no_warm.class_beta().tolist() == [1.0, 0.0]
+
+
+def test_freematch_thresholds_by_hand():
+    thr = SelfAdaptiveThreshold(num_classes=2, momentum=0.9)
+    probs = torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]])
+    mask = thr(probs)
+    tau = 0.9 * 0.5 + 0.1 * (0.9 + 0.7 + 0.6) / 3
+    p = [0.9 * 0.5 + 0.1 * 0.6, 0.9 * 0.5 + 0.1 * 0.4]
+    tau_c = [p[0] / max(p) * tau, p[1] / max(p) * tau]
+    assert thr.global_threshold.item() == pytest.approx(tau, rel=1e-6)
+    assert thr.class_thresholds().tolist() == pytest.approx(tau_c, rel=1e-6)
+    expected = [float(0.9 >= tau_c[0]), float(0.7 >= tau_c[1]), float(0.6 >= tau_c[0])]
+    assert mask.tolist() == expected
+    hist = [0.9 * 0.5 + 0.1 * 2 / 3, 0.9 * 0.5 + 0.1 / 3]
+    assert thr.label_hist.tolist() == pytest.approx(hist, rel=1e-6)
+
+
+def test_freematch_initial_threshold_is_one_over_c():
+    thr = SelfAdaptiveThreshold(num_classes=4)
+    assert thr.class_thresholds().tolist() == pytest.approx([0.25] * 4)
+
+
+def test_freematch_fairness_loss_by_hand_and_sign():
+    logits = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([1.0, 1.0, 0.0])
+    class_probs, label_hist = torch.tensor([0.6, 0.4]), torch.tensor([0.5, 0.5])
+    loss = fairness_loss(logits, mask, class_probs, label_hist)
+    probs = torch.tensor([[math.e / (math.e + 1), 1 / (math.e + 1)], [1 / (1 + math.e**2), math.e**2 / (1 + math.e**2)]])
+    hist_s = torch.tensor([0.5, 0.5])  # one argmax per class among the kept rows
+    target = class_probs / label_hist
+    target = target / target.sum()
+    mean_s = probs.mean(0) / hist_s
+    mean_s = mean_s / mean_s.sum()
+    expected = (target * torch.log(mean_s)).sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.item() < 0  # a negative cross-entropy: minimising it spreads the predictions
+    loss.backward()
+    assert logits.grad[2].abs().sum() == 0 and logits.grad[0].abs().sum() > 0
+
+
+def test_softmatch_weight_by_hand():
+    weight_fn = TruncatedGaussianWeight(num_classes=2, momentum=0.0, n_sigma=2.0, align=False)
+    probs = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.7, 0.3]])
+    w = weight_fn(probs)
+    conf = torch.tensor([0.9, 0.6, 0.7])
+    mu, var = conf.mean().item(), conf.var(unbiased=True).item()
+    expected = [1.0, math.exp(-((0.6 - mu) ** 2) / (2 * var / 4)), math.exp(-((0.7 - mu) ** 2) / (2 * var / 4))]
+    assert w.tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_softmatch_alignment_shapes_weights_not_pseudo_labels():
+    algo = create_algorithm("softmatch", 2, 3)
+    out = algo.step(Echo(), make_batch(), ctx())
+    assert out.pseudo[0].tolist() == [0, 1, 1]  # from the unaligned predictions
+    assert torch.all(out.pseudo[1] > 0) and torch.all(out.pseudo[1] <= 1)
+    # At the start mu = 1/C, so every sample above chance confidence has weight 1.
+    assert out.pseudo[1].tolist() == pytest.approx([1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("name", ["fixmatch", "flexmatch", "freematch", "softmatch", "pseudo_label"])
+def test_state_round_trip_continues_identically(name):
+    torch.manual_seed(0)
+    a = create_algorithm(name, 2, 3)
+    for step in range(3):
+        a.step(Echo(), make_batch(), ctx(step=step))
+    tensors: dict[str, torch.Tensor] = {}
+    tree = flatten(a.state_dict(), "algo", tensors)  # the way checkpoints store it
+    b = create_algorithm(name, 2, 3)
+    b.load_state_dict(unflatten(tree, {k: v.clone() for k, v in tensors.items()}))
+    batch = make_batch()
+    out_a, out_b = a.step(Echo(), batch, ctx(step=3)), b.step(Echo(), batch, ctx(step=3))
+    assert out_a.loss.item() == out_b.loss.item()
+    assert torch.equal(out_a.pseudo[1], out_b.pseudo[1])
+    for key, value in a.state_dict().items():
+        assert torch.equal(torch.as_tensor(value), torch.as_tensor(b.state_dict()[key]))
+
+
+@pytest.mark.parametrize("name", ["flexmatch", "freematch", "softmatch"])
+def test_adaptive_state_changes_with_training(name):
+    a = create_algorithm(name, 2, 3)
+    before = {k: torch.as_tensor(v).clone() for k, v in a.state_dict().items()}
+    a.step(Echo(), make_batch(), ctx())
+    after = a.state_dict()
+    assert any(not torch.equal(before[k], torch.as_tensor(after[k])) for k in before)
+
+
+def test_flexmatch_rejects_state_of_another_pool_size():
+    a, b = create_algorithm("flexmatch", 2, 3), create_algorithm("flexmatch", 2, 5)
+    with pytest.raises(ValueError, match="5"):
+        b.load_state_dict(a.state_dict())

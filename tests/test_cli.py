@@ -1,0 +1,153 @@
+"""The `fewlabels` command: listings, train/evaluate/predict round trip, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fewlabels.cli import main
+
+FAST = ["--steps", "6", "--batch-size", "8", "--unlabeled-ratio", "2", "--eval-every", "3", "--no-progress"]
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def blobs_npz(path, n=120, unlabeled=60, seed=0, bad_label=None):
+    """Three separable Gaussian blobs in 5 dimensions; the first `unlabeled` rows have y = -1."""
+    rng = np.random.default_rng(seed)
+    y_true = rng.integers(0, 3, n)
+    x = rng.normal(size=(n, 5)).astype(np.float32) + 4 * np.eye(3, 5, dtype=np.float32)[y_true]
+    y = y_true.copy()
+    y[:unlabeled] = -1
+    if bad_label is not None:
+        y[-1] = bad_label
+    y_test = rng.integers(0, 3, 30)
+    x_test = rng.normal(size=(30, 5)).astype(np.float32) + 4 * np.eye(3, 5, dtype=np.float32)[y_test]
+    np.savez(path, x=x, y=y, x_test=x_test, y_test=y_test, classes=np.array(["a", "b", "c"]))
+    return path
+
+
+def test_listings(capsys):
+    code, out, _ = run_cli(capsys, "algorithms")
+    assert code == 0
+    for name in ("supervised", "pseudo_label", "fixmatch", "flexmatch", "freematch", "softmatch"):
+        assert name in out
+    assert "threshold=0.95" in out
+    assert "wrn28_2" in run_cli(capsys, "models")[1]
+    datasets = run_cli(capsys, "datasets")[1]
+    assert all(n in datasets for n in ("digits", "mnist1d", "fashion-mnist", "cifar10", "svhn", "stl10"))
+
+
+def test_train_evaluate_predict_on_user_npz(tmp_path, capsys):
+    data = blobs_npz(tmp_path / "blobs.npz")
+    out_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "--dataset", str(data), "--algorithm", "fixmatch",
+                             "--out", str(out_dir), *FAST)
+    assert code == 0, err
+    assert json.loads(out.splitlines()[0])["steps"] == 6
+    code, out, _ = run_cli(capsys, "evaluate", str(out_dir))
+    result = json.loads(out)
+    assert code == 0 and 0 <= result["test_accuracy"] <= 1 and set(result["per_class_test_accuracy"]) == {"a", "b", "c"}
+    code, out, _ = run_cli(capsys, "predict", str(out_dir), str(data))
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0] == ["input", "class", "confidence"]
+    assert len(rows) == 121 and all(r[1] in {"a", "b", "c"} and 0 < float(r[2]) <= 1 for r in rows[1:])
+
+
+def test_predict_images_writes_csv_file(tmp_path, capsys):
+    out_dir = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--dataset", "digits", "--labels-per-class", "2",
+                           "--algorithm", "supervised", "--out", str(out_dir), *FAST)
+    assert code == 0, err
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((16, 16), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(folder / "rgb.png")  # converted to the model's 1 channel
+    target = tmp_path / "preds.csv"
+    assert run_cli(capsys, "predict", str(out_dir), str(folder), "-o", str(target))[0] == 0
+    rows = list(csv.DictReader(target.open()))
+    assert [r["input"].rsplit("/", 1)[1] for r in rows] == ["0.png", "1.png", "2.png", "rgb.png"]
+    assert all(r["class"] in [str(d) for d in range(10)] for r in rows)
+
+
+def test_yaml_defaults_and_flag_overrides(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {dataset: digits, labels_per_class: 3}\nalgorithm: {name: fixmatch, threshold: 0.7}\n"
+                      "train: {steps: 4}\n")
+    out_dir = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--config", str(config), "--steps", "6",
+                           "--set", "algorithm.lambda_u=2", "--out", str(out_dir), "--batch-size", "8",
+                           "--unlabeled-ratio", "2", "--no-progress")
+    assert code == 0, err
+    saved = (out_dir / "config.yaml").read_text()
+    assert "threshold: 0.7" in saved and "lambda_u: 2" in saved and "steps: 6" in saved
+    assert json.loads((out_dir / "summary.json").read_text())["num_labels"] == 30
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "fashion_mnistt"], "did you mean 'fashion-mnist'"),
+        (["--algorithm", "flexmatc"], "did you mean 'flexmatch'"),
+        (["--model", "wrn28"], "wrn28_2"),
+        (["--dataset", "digits", "--labels-per-class", "500"], "--labels-per-class <="),
+        (["--set", "algorithm.treshold=0.5"], "did you mean 'threshold'"),
+        (["--set", "train.stepz=5"], "did you mean 'steps'"),
+        (["--budget", "soon"], "15m"),
+    ],
+)
+def test_bad_input_gives_one_clear_line(tmp_path, capsys, args, message):
+    base = ["--dataset", "digits", "--labels-per-class", "2"]
+    code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "r"), *FAST, *base, *args)
+    assert code == 2
+    assert err.startswith("fewlabels: error: ") and err.count("\n") == 1
+    assert message in err
+
+
+def test_label_outside_class_list_and_empty_pool(tmp_path, capsys):
+    bad = blobs_npz(tmp_path / "bad.npz", bad_label=7)
+    code, _, err = run_cli(capsys, "train", "--dataset", str(bad), "--out", str(tmp_path / "a"), *FAST)
+    assert code == 2 and "7" in err
+    full = blobs_npz(tmp_path / "full.npz", unlabeled=0)
+    code, _, err = run_cli(capsys, "train", "--dataset", str(full), "--out", str(tmp_path / "b"), *FAST)
+    assert code == 2 and "unlabeled pool is empty" in err
+    code, _, err = run_cli(capsys, "train", "--dataset", str(full), "--algorithm", "supervised",
+                           "--out", str(tmp_path / "c"), *FAST)
+    assert code == 0, err
+
+
+def test_class_without_labeled_example(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    y = np.r_[np.zeros(10), np.ones(10), -np.ones(20)].astype(np.int64)
+    np.savez(tmp_path / "d.npz", x=x, y=y, classes=np.array(["a", "b", "c"]))
+    code, _, err = run_cli(capsys, "train", "--dataset", str(tmp_path / "d.npz"), "--out", str(tmp_path / "r"), *FAST)
+    assert code == 2 and "'c'" in err and "no labeled example" in err
+
+
+def test_corrupt_images_skipped_or_strict(tmp_path, capsys):
+    root = tmp_path / "folder"
+    for cls in ("cat", "dog"):
+        (root / "labeled" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8, 3), 60 * i, dtype=np.uint8)).save(root / "labeled" / cls / f"{i}.png")
+    (root / "unlabeled").mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((8, 8, 3), 30 * i, dtype=np.uint8)).save(root / "unlabeled" / f"{i}.png")
+    (root / "unlabeled" / "broken.png").write_bytes(b"\x89PNG not really")
+    code, _, err = run_cli(capsys, "train", "--dataset", str(root), "--strict", "--out", str(tmp_path / "s"), *FAST)
+    assert code == 2 and "broken.png" in err and "--strict" in err
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        code, _, err = run_cli(capsys, "train", "--dataset", str(root), "--out", str(tmp_path / "ok"), *FAST)
+    assert code == 0, err
+    assert json.loads((tmp_path / "ok" / "summary.json").read_text())["skipped_files"] == 1

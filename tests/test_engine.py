@@ -1,0 +1,210 @@
+"""The training loop: run folder, checkpoints and resume, NaN handling, EMA, schedule, budget, config."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+import fewlabels
+from fewlabels.config import Config, OptimConfig, parse_duration, resolve_config
+from fewlabels.engine import checkpoint as ckpt
+from fewlabels.engine import trainer
+from fewlabels.engine.budget import BudgetPlanner
+from fewlabels.engine.ema import ModelEMA
+from fewlabels.engine.schedule import lr_factor, parameter_groups
+from fewlabels.errors import ConfigError, TrainingDiverged
+
+TINY = {
+    "data.dataset": "digits",
+    "data.labels_per_class": 2,
+    "train.steps": 12,
+    "train.batch_size": 16,
+    "train.unlabeled_ratio": 2,
+    "train.eval_every": 6,
+    "train.log_every": 4,
+    "train.checkpoint_every": 6,
+    "train.progress": False,
+}
+
+
+def tiny(tmp_path, name="run", **extra):
+    return {**TINY, "out": str(tmp_path / name), **extra}
+
+
+def test_run_folder_holds_everything_a_user_needs(tmp_path):
+    run = fewlabels.train(**tiny(tmp_path, **{"algorithm.name": "fixmatch", "algorithm.threshold": 0.3}))
+    files = {p.name for p in run.path.iterdir()}
+    assert {"config.yaml", "split.json", "metrics.jsonl", "summary.json", "model.safetensors", "model.json"} <= files
+    s = run.summary
+    for key in ("test_accuracy", "test_accuracy_median_last", "val_accuracy", "steps", "wall_seconds",
+                "num_labels", "algorithm", "dataset", "seed"):
+        assert s[key] is not None, key
+    assert s["steps"] == 12 and s["num_labels"] == 20 and s["algorithm"] == "fixmatch"
+    assert 0.0 <= s["test_accuracy"] <= 1.0
+    rows = run.metrics()
+    train_rows = [r for r in rows if "loss" in r]
+    eval_rows = [r for r in rows if r.get("kind") == "eval"]
+    assert [r["step"] for r in train_rows] == [4, 8, 12]
+    assert [r["step"] for r in eval_rows] == [6, 12]
+    assert {"mask", "data_time", "step_time", "pseudo_accuracy", "pseudo_histogram"} <= set(train_rows[-1])
+    assert len(train_rows[-1]["pseudo_histogram"]) == 10
+    # The reported figures come from the final EMA model and the history of test evaluations.
+    history = [r["test_accuracy"] for r in eval_rows]
+    assert s["test_accuracy_median_last"] == pytest.approx(statistics.median(history))
+    assert s["test_accuracy"] == pytest.approx(history[-1])
+    assert resolve_config(run.path / "config.yaml").algorithm.name == "fixmatch"
+    probs = run.predict_proba(torch.zeros(3, 1, 8, 8, dtype=torch.uint8))
+    assert probs.shape == (3, 10) and torch.allclose(torch.tensor(probs.sum(1)), torch.ones(3), atol=1e-5)
+
+
+def test_same_seed_same_result_different_seed_different(tmp_path):
+    a = fewlabels.train(**tiny(tmp_path, "a"))
+    b = fewlabels.train(**tiny(tmp_path, "b"))
+    c = fewlabels.train(**tiny(tmp_path, "c", **{"train.seed": 1}))
+    wa, wb, wc = (load_file(str(r.path / "model.safetensors")) for r in (a, b, c))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+    assert json.loads((a.path / "split.json").read_text()) == json.loads((b.path / "split.json").read_text())
+
+
+def test_killed_run_resumes_to_the_identical_model(tmp_path, monkeypatch):
+    full = fewlabels.train(**tiny(tmp_path, "full", **{"algorithm.name": "flexmatch"}))
+    real_step = trainer._train_step
+
+    def dying_step(ctx, step, total):
+        if step == 9:
+            raise KeyboardInterrupt  # killed after the checkpoint at step 6
+        return real_step(ctx, step, total)
+
+    monkeypatch.setattr(trainer, "_train_step", dying_step)
+    cfg = tiny(tmp_path, "killed", **{"algorithm.name": "flexmatch"})
+    with pytest.raises(KeyboardInterrupt):
+        fewlabels.train(**cfg)
+    assert json.loads((tmp_path / "killed" / "checkpoint.json").read_text())["state"]
+    monkeypatch.setattr(trainer, "_train_step", real_step)
+    with pytest.raises(ConfigError, match="--resume"):
+        fewlabels.train(**cfg)  # refuses to overwrite a run
+    resumed = fewlabels.train(**cfg, resume=True)
+    wa, wb = load_file(str(full.path / "model.safetensors")), load_file(str(resumed.path / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    steps = [r["step"] for r in resumed.metrics() if "loss" in r]
+    assert steps == [4, 8, 12]  # rows after the checkpoint were replaced, not duplicated
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    cfg = tiny(tmp_path)
+    fewlabels.train(**cfg)
+    with pytest.raises(ConfigError, match=r"train.steps: 12 -> 20"):
+        fewlabels.train(**{**cfg, "train.steps": 20}, resume=True)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from fewlabels.algorithms.supervised import Supervised
+
+    real = Supervised.step
+
+    def poisoned(self, model, batch, ctx):
+        out = real(self, model, batch, ctx)
+        if ctx.step == 8:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(Supervised, "step", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"step 8.*step 6"):
+        fewlabels.train(**tiny(tmp_path, **{"algorithm.name": "supervised"}))
+    state = ckpt.load_checkpoint(tmp_path / "run")
+    assert state["step"] == 6
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.dtype.is_floating_point)
+
+
+def test_ema_warmup_is_the_running_mean_early():
+    model = nn.Linear(2, 1, bias=False)
+    ema = ModelEMA(model, decay=0.999)
+    seen = [model.weight.detach().clone()]
+    for _ in range(5):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        ema.update(model)
+        seen.append(model.weight.detach().clone())
+    # decay_t = 1 - 1/(t+1): the first update copies, later ones average all weights seen since then.
+    expected = torch.stack(seen[1:]).mean(0)
+    assert torch.allclose(ema.module.weight, expected)
+    assert ema.current_decay() == pytest.approx(1 - 1 / 6)
+
+
+def test_ema_copies_batchnorm_buffers():
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    ema = ModelEMA(model)
+    model(torch.randn(8, 3) * 5 + 2)
+    ema.update(model)
+    assert torch.equal(ema.module[1].running_mean, model[1].running_mean)
+
+
+def test_cosine_schedule_values():
+    cfg = OptimConfig()
+    assert lr_factor(0, 1000, cfg) == 1.0
+    assert lr_factor(500, 1000, cfg) == pytest.approx(math.cos(7 * math.pi * 500 / 16000))
+    assert lr_factor(1000, 1000, cfg) == pytest.approx(math.cos(7 * math.pi / 16))
+    warm = OptimConfig(warmup_steps=10)
+    assert lr_factor(4, 1000, warm) == pytest.approx(0.5)
+    assert lr_factor(10, 1000, warm) == 1.0
+
+
+def test_no_weight_decay_on_batchnorm_or_bias():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    decay, no_decay = parameter_groups(model, 5e-4)
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    assert {p.ndim for p in decay["params"]} == {4, 2}
+    assert len(no_decay["params"]) == 4  # conv bias, BN weight and bias, linear bias
+
+
+def test_budget_fixes_the_step_count(tmp_path):
+    cfg = tiny(tmp_path, **{"train.steps": None, "train.budget": "6s", "algorithm.name": "supervised"})
+    run = fewlabels.train(**cfg)
+    s = run.summary
+    assert s["steps"] > BudgetPlanner.calibration_steps
+    assert s["wall_seconds"] < 6 * 2.5
+    state = ckpt.load_checkpoint(run.path)
+    assert state["total_steps"] == s["steps"]
+
+
+def test_checkpoint_round_trip_of_nested_state(tmp_path):
+    state = {"step": 3, "a": {"w": torch.arange(4.0), "nested": [torch.ones(2), 5, "x"]}, "b": None}
+    ckpt.save_checkpoint(tmp_path, state)
+    back = ckpt.load_checkpoint(tmp_path)
+    assert back["step"] == 3 and back["b"] is None
+    assert torch.equal(back["a"]["w"], torch.arange(4.0)) and back["a"]["nested"][1:] == [5, "x"]
+    ckpt.save_checkpoint(tmp_path, {**state, "step": 4})
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == ["checkpoint-4.safetensors"]
+
+
+def test_config_sources_and_errors(tmp_path):
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("data: {dataset: mnist1d}\nalgorithm: {name: fixmatch, threshold: 0.9}\n")
+    cfg = resolve_config(yaml_file, **{"algorithm.threshold": 0.8, "train.steps": "50"})
+    assert cfg.data.dataset == "mnist1d" and cfg.algorithm.options == {"threshold": 0.8}
+    assert cfg.train.steps == 50
+    with pytest.raises(ConfigError, match="labels_per_class"):
+        Config().override(**{"data.label_per_class": 4})
+    with pytest.raises(ConfigError, match="must be a int"):
+        Config().override(**{"train.steps": "many"})
+    assert parse_duration("15m") == 900 and parse_duration("90s") == 90 and parse_duration("1.5h") == 5400
+    with pytest.raises(ConfigError, match="15m"):
+        parse_duration("soon")
+    changed = Config().override(**{"algorithm.name": "softmatch"})
+    assert changed.algorithm.options == {}
+
+
+def test_unknown_names_fail_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="fixmatch"):
+        fewlabels.train(**tiny(tmp_path, **{"algorithm.name": "fixmach"}))
+    with pytest.raises(ConfigError, match="digits"):
+        fewlabels.train(**tiny(tmp_path, "b", **{"data.dataset": "digitz"}))
+    with pytest.raises(ConfigError, match="cnn"):
+        fewlabels.train(**tiny(tmp_path, "c", **{"model.name": "cnnn"}))

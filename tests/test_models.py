@@ -1,0 +1,256 @@
+"""Tests for the model registry: shapes, gradients, normalisation, memory formats, errors, downloads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from fewlabels.errors import ConfigError, DataError
+from fewlabels.models import MODELS, Classifier, create_model, describe_models, list_models
+
+# Too slow on 2 CPU cores for the full battery: built and run forward only, on 2 images of 32x32.
+HEAVY = {"wrn28_8"}
+IMAGE_ONLY = {"cnn", "resnet18", "wrn28_2", "wrn28_8"}
+# Sizes each model is meant for; 8x8 (sklearn digits) only for the small CPU models.
+SIZES = {"cnn": (8, 28, 32), "mlp": (8, 28, 32)}
+DEFAULT_SIZES = (28, 32)
+
+
+def _cases() -> list[tuple[str, tuple[int, ...]]]:
+    cases = []
+    for name in list_models():
+        if name in HEAVY:
+            continue
+        for size in SIZES.get(name, DEFAULT_SIZES):
+            for c in (1, 3):
+                cases.append((name, (c, size, size)))
+    cases.append(("mlp", (20,)))
+    return cases
+
+
+CASES = _cases()
+IDS = [f"{n}-{'x'.join(map(str, s))}" for n, s in CASES]
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize(("name", "shape"), CASES, ids=IDS)
+def test_forward_features_and_gradients(name: str, shape: tuple[int, ...]) -> None:
+    model = create_model(name, 7, shape)
+    assert isinstance(model, Classifier)
+    assert isinstance(model.classifier, nn.Linear) and model.classifier.out_features == 7
+    x = torch.rand(4, *shape)
+    logits = model(x)
+    assert logits.shape == (4, 7)
+    assert torch.isfinite(logits).all()
+    feats = model.features(x)
+    assert feats.shape == (4, model.num_features) == (4, model.classifier.in_features)
+    # Random weights: a plain sum gives every sample the same upstream gradient, which train-mode BatchNorm
+    # cancels exactly, hiding whether a branch is really dead.
+    (logits * torch.randn_like(logits)).sum().backward()
+    dead = [
+        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())
+    ]
+    assert not dead, f"parameters without gradient: {dead}"
+
+
+@pytest.mark.parametrize(("name", "shape"), CASES, ids=IDS)
+def test_channels_last_matches_contiguous(name: str, shape: tuple[int, ...]) -> None:
+    model = create_model(name, 5, shape, mean=[0.5] * shape[0], std=[0.25] * shape[0]).eval()
+    x = torch.rand(3, *shape)
+    with torch.no_grad():
+        expected = model(x)
+        if len(shape) == 3:
+            model = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        got = model(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_normalisation_is_a_saved_buffer(name: str) -> None:
+    shape = (20,) if name not in IMAGE_ONLY else (3, 8, 8)
+    n = shape[0]
+    model = create_model(name, 3, shape, mean=[0.1 * i for i in range(n)], std=[0.5] * n)
+    params = dict(model.named_parameters())
+    state = model.state_dict()
+    assert "normalize.mean" not in params and "normalize.std" not in params
+    assert torch.allclose(state["normalize.mean"], torch.tensor([0.1 * i for i in range(n)]))
+    assert torch.allclose(state["normalize.std"], torch.full((n,), 0.5))
+
+
+def test_normalisation_values_and_identity() -> None:
+    model = create_model("cnn", 4, (3, 8, 8), mean=(0.5, 0.4, 0.3), std=(0.1, 0.2, 0.5))
+    x = torch.rand(2, 3, 8, 8)
+    expected = (x - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)) / torch.tensor([0.1, 0.2, 0.5]).view(
+        1, 3, 1, 1
+    )
+    torch.testing.assert_close(model.normalize(x), expected)
+    # One value broadcasts over channels; None is the identity.
+    assert model.normalize.mean.shape == (3,)
+    torch.testing.assert_close(
+        create_model("cnn", 4, (3, 8, 8), mean=[0.5]).normalize.mean, torch.full((3,), 0.5)
+    )
+    torch.testing.assert_close(create_model("cnn", 4, (3, 8, 8)).normalize(x), x)
+    vec = create_model("mlp", 4, (5,), mean=[1.0] * 5, std=[2.0] * 5)
+    v = torch.rand(3, 5)
+    torch.testing.assert_close(vec.normalize(v), (v - 1.0) / 2.0)
+
+
+def test_state_dict_restores_normalisation() -> None:
+    trained = create_model("mlp", 3, (4,), mean=[1, 2, 3, 4], std=[2, 2, 2, 2])
+    fresh = create_model("mlp", 3, (4,))
+    fresh.load_state_dict(trained.state_dict())
+    x = torch.rand(5, 4)
+    torch.testing.assert_close(fresh.eval()(x), trained.eval()(x))
+
+
+def test_wrn28_2_parameter_count() -> None:
+    # FixMatch's WRN-28-2 with 10 classes on RGB: 1,467,610 parameters (as in kekmodel/FixMatch-pytorch).
+    model = create_model("wrn28_2", 10, (3, 32, 32))
+    assert sum(p.numel() for p in model.parameters()) == 1_467_610
+    # Grey input only shrinks the stem: 16 * 9 * 2 fewer weights.
+    grey = create_model("wrn28_2", 10, (1, 32, 32))
+    assert sum(p.numel() for p in grey.parameters()) == 1_467_610 - 16 * 9 * 2
+
+
+def test_wrn28_8_builds_and_runs() -> None:
+    model = create_model("wrn28_8", 10, (3, 32, 32))
+    assert sum(p.numel() for p in model.parameters()) == 23_354_842
+    assert model.num_features == 512
+    with torch.no_grad():
+        out = model.eval()(torch.rand(2, 3, 32, 32))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+def test_wrn_initialisation_follows_fixmatch() -> None:
+    model = create_model("wrn28_2", 10, (3, 32, 32))
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(m.momentum == 0.001 for m in bns)
+    assert all(bool((m.weight == 1).all() and (m.bias == 0).all()) for m in bns)
+    assert bool((model.classifier.bias == 0).all())
+    acts = [m for m in model.modules() if isinstance(m, nn.LeakyReLU)]
+    assert acts and all(m.negative_slope == 0.1 for m in acts)
+
+
+def test_cnn_is_small() -> None:
+    for shape in [(1, 28, 28), (3, 32, 32)]:
+        assert sum(p.numel() for p in create_model("cnn", 10, shape).parameters()) < 500_000
+
+
+def test_resnet18_stems() -> None:
+    small = create_model("resnet18", 10, (1, 32, 32))
+    assert small.backbone.conv1.kernel_size == (3, 3) and small.backbone.conv1.stride == (1, 1)
+    assert small.backbone.conv1.in_channels == 1
+    assert isinstance(small.backbone.maxpool, nn.Identity)
+    large = create_model("resnet18", 10, (1, 96, 96))
+    assert large.backbone.conv1.kernel_size == (7, 7) and large.backbone.conv1.in_channels == 1
+    assert isinstance(large.backbone.maxpool, nn.MaxPool2d)
+    assert large(torch.rand(2, 1, 96, 96)).shape == (2, 10)
+
+
+def _no_download(*args: object, **kwargs: object) -> None:
+    raise AssertionError("attempted to download weights")
+
+
+def test_no_download_without_pretrained(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", _no_download)
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", _no_download)
+    for name in list_models():
+        if name not in HEAVY:
+            create_model(name, 10, (3, 32, 32))
+
+
+def test_pretrained_resnet18_loads_imagenet_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stand-in for the download: a recognisable ImageNet-shaped state_dict.
+    fake = torchvision.models.resnet18(weights=None).state_dict()
+    fake["conv1.weight"] = torch.randn_like(fake["conv1.weight"])
+    calls = []
+
+    def load(url: str, *args: object, **kwargs: object) -> dict[str, torch.Tensor]:
+        calls.append(url)
+        return fake
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", load)
+    rgb = create_model("resnet18", 4, (3, 32, 32), pretrained=True)
+    assert len(calls) == 1
+    # The ImageNet stem is kept even for small images, since the kernels were trained with it.
+    torch.testing.assert_close(rgb.backbone.conv1.weight, fake["conv1.weight"])
+    assert isinstance(rgb.backbone.maxpool, nn.MaxPool2d)
+    assert rgb.classifier.out_features == 4
+    torch.testing.assert_close(rgb.normalize.mean, torch.tensor([0.485, 0.456, 0.406]))
+    grey = create_model("resnet18", 4, (1, 32, 32), pretrained=True)
+    torch.testing.assert_close(grey.backbone.conv1.weight, fake["conv1.weight"].sum(1, keepdim=True))
+    assert grey(torch.rand(2, 1, 32, 32)).shape == (2, 4)
+
+
+def test_pretrained_refused_where_there_are_no_weights() -> None:
+    with pytest.raises(ConfigError, match="resnet18"):
+        create_model("cnn", 10, (1, 28, 28), pretrained=True)
+
+
+@pytest.mark.parametrize(
+    ("bad", "suggestion"), [("cnnn", "'cnn'"), ("wrn28_3", "'wrn28_2'"), ("resnet19", "resnet18")]
+)
+def test_unknown_name_suggests_close_match(bad: str, suggestion: str) -> None:
+    with pytest.raises(ConfigError, match=suggestion):
+        create_model(bad, 10, (1, 28, 28))
+
+
+def test_name_spelling_variants_resolve() -> None:
+    model = create_model("WRN28-2", 10, (3, 8, 8))
+    assert model.name == "wrn28_2"
+
+
+@pytest.mark.parametrize("name", sorted(IMAGE_ONLY))
+def test_image_model_refuses_vectors(name: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{name}.*'mlp'"):
+        create_model(name, 10, (64,))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"num_classes": 0},
+        {"input_shape": (28, 28)},
+        {"input_shape": (1, 0, 28)},
+        {"dropout": 1.0},
+        {"mean": [0.1, 0.2]},
+        {"std": [0.0]},
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, object]) -> None:
+    args: dict[str, object] = {"name": "cnn", "num_classes": 10, "input_shape": (1, 28, 28)} | kwargs
+    with pytest.raises(ConfigError):
+        create_model(**args)  # type: ignore[arg-type]
+
+
+def test_wrong_input_shape_is_reported() -> None:
+    model = create_model("cnn", 10, (1, 28, 28))
+    with pytest.raises(DataError, match="input shape"):
+        model(torch.rand(2, 3, 28, 28))
+
+
+def test_dropout() -> None:
+    model = create_model("mlp", 10, (16,), dropout=0.5)
+    x = torch.rand(8, 16)
+    model.train()
+    assert not torch.allclose(model(x), model(x))
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))
+    # p=0 leaves train-mode forwards deterministic.
+    plain = create_model("mlp", 10, (16,)).train()
+    torch.testing.assert_close(plain(x), plain(x))
+
+
+def test_listing() -> None:
+    assert list_models() == sorted(["cnn", "mlp", "resnet18", "wrn28_2", "wrn28_8"])
+    described = describe_models()
+    assert [n for n, _ in described] == list_models()
+    assert all(desc and "\n" not in desc for _, desc in described)
+    assert len(MODELS) == len(list_models())
