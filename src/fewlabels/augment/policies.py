@@ -131,7 +131,7 @@ _POOL: tuple[tuple[str, _Apply], ...] = (
     ("Color", lambda x, v, s, b: ops.color(x, _float_param(v, b, 0.9, 0.05))),
     ("Contrast", lambda x, v, s, b: ops.contrast(x, _float_param(v, b, 0.9, 0.05))),
     ("Equalize", lambda x, v, s, b: ops.equalize(x)),
-    ("Identity", lambda x, v, s, b: x),
+    ("Identity", lambda x, v, s, b: ops.identity(x)),
     ("Posterize", lambda x, v, s, b: ops.posterize(x, _int_param(v, b, 4, 4))),
     ("Rotate", lambda x, v, s, b: ops.rotate(x, s * _int_param(v, b, 30))),
     ("Sharpness", lambda x, v, s, b: ops.sharpness(x, _float_param(v, b, 0.9, 0.05))),
