@@ -26,8 +26,19 @@ from fewlabels.config import parse_duration
 RESULTS = Path(__file__).parent / "results"
 ALGORITHMS = ["supervised", "fixmatch", "flexmatch", "freematch", "softmatch"]
 SETTINGS = ["fashion-mnist:4", "fashion-mnist:25", "digits:4"]
-FIELDS = ["dataset", "labels_per_class", "num_labels", "algorithm", "seed", "budget", "steps", "wall_seconds",
-          "test_accuracy", "test_accuracy_median_last", "val_accuracy"]
+FIELDS = [
+    "dataset",
+    "labels_per_class",
+    "num_labels",
+    "algorithm",
+    "seed",
+    "budget",
+    "steps",
+    "wall_seconds",
+    "test_accuracy",
+    "test_accuracy_median_last",
+    "val_accuracy",
+]
 
 
 def run_cell(workdir: Path, dataset: str, lpc: int | None, algorithm: str, seed: int, budget: str) -> dict:
@@ -38,13 +49,24 @@ def run_cell(workdir: Path, dataset: str, lpc: int | None, algorithm: str, seed:
         if out.exists():
             shutil.rmtree(out)  # an unfinished cell from a killed run starts afresh with the same seed
         overrides = {
-            "data.dataset": dataset, "data.labels_per_class": lpc, "algorithm.name": algorithm,
-            "train.seed": seed, "train.budget": budget, "train.steps": None, "train.progress": False, "out": str(out),
+            "data.dataset": dataset,
+            "data.labels_per_class": lpc,
+            "algorithm.name": algorithm,
+            "train.seed": seed,
+            "train.budget": budget,
+            "train.steps": None,
+            "train.progress": False,
+            "out": str(out),
         }
         fewlabels.train(**overrides)
     s = json.loads((out / "summary.json").read_text())
-    return {"dataset": dataset, "labels_per_class": lpc or "all", "budget": budget,
-            **{k: s.get(k) for k in FIELDS if k in s}, "algorithm": algorithm if lpc else "supervised (all labels)"}
+    return {
+        "dataset": dataset,
+        "labels_per_class": lpc or "all",
+        "budget": budget,
+        **{k: s.get(k) for k in FIELDS if k in s},
+        "algorithm": algorithm if lpc else "supervised (all labels)",
+    }
 
 
 def mean_std(values: list[float]) -> str:
@@ -61,16 +83,25 @@ def write_report(rows: list[dict], args: argparse.Namespace, wall: float, stem: 
         writer.writeheader()
         for r in rows:
             writer.writerow({k: r.get(k) for k in FIELDS})
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "unknown CPU")
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        "unknown CPU",
+    )
     lines = [
-        "# Accuracy: FixMatch family vs labels only", "",
+        "# Accuracy: FixMatch family vs labels only",
+        "",
         f"Hardware: {cpu}, {torch.get_num_threads()} torch threads, "
-        f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; torch {torch.__version__}.",
+        f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; "
+        f"torch {torch.__version__}.",
         f"Budget {args.budget} of wall-clock per run (the schedule is fitted to it); seeds {args.seeds}; "
         f"default model and augmentation of each dataset; total wall time {wall / 60:.0f} min.",
         "Test accuracy (%) of the final EMA model, mean ± std over seeds; 'median-last' is the median of the last "
-        "5 evaluations. Nothing is selected on the test set.", "",
+        "5 evaluations. Nothing is selected on the test set.",
+        "",
         "| dataset | labels | algorithm | test acc | median-last | val acc | steps | wall (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -81,7 +112,8 @@ def write_report(rows: list[dict], args: argparse.Namespace, wall: float, stem: 
         num = rs[0].get("num_labels")
         lines.append(
             f"| {dataset} | {lpc}/class ({num}) | {algorithm} | "
-            f"{mean_std([r['test_accuracy'] for r in rs])} | {mean_std([r['test_accuracy_median_last'] for r in rs])} | "
+            f"{mean_std([r['test_accuracy'] for r in rs])} | "
+            f"{mean_std([r['test_accuracy_median_last'] for r in rs])} | "
             f"{mean_std([r['val_accuracy'] for r in rs if r['val_accuracy'] is not None])} | "
             f"{statistics.mean(r['steps'] for r in rs):.0f} | {statistics.mean(r['wall_seconds'] for r in rs):.0f} |"
         )

@@ -47,8 +47,12 @@ class ConventionalSSLDataset(Dataset):
         weak += [transforms.RandomCrop(size, padding=int(size * 0.125), padding_mode="reflect")]
         self.weak = transforms.Compose([*weak, transforms.ToTensor()])
         self.strong = transforms.Compose(
-            [*weak, transforms.RandAugment(num_ops=2, magnitude=10), transforms.ToTensor(),
-             transforms.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0.5)]
+            [
+                *weak,
+                transforms.RandAugment(num_ops=2, magnitude=10),
+                transforms.ToTensor(),
+                transforms.RandomErasing(p=1.0, scale=(0.25, 0.25), ratio=(1.0, 1.0), value=0.5),
+            ]
         )
 
     def __len__(self) -> int:
@@ -90,10 +94,24 @@ def measure_conventional(cfg: Config, steps: int, warmup: int, workers: int) -> 
     x = ctx.bundle.x_train.numpy()
     mu, b = cfg.train.unlabeled_ratio, cfg.train.batch_size
     gen = torch.Generator().manual_seed(0)
-    loader_u = DataLoader(ConventionalSSLDataset(x, ctx.bundle.hflip), batch_size=mu * b, shuffle=True,
-                          num_workers=workers, drop_last=True, generator=gen, persistent_workers=workers > 0)
-    loader_l = DataLoader(ConventionalSSLDataset(x, ctx.bundle.hflip), batch_size=b, shuffle=True,
-                          num_workers=workers, drop_last=True, generator=gen, persistent_workers=workers > 0)
+    loader_u = DataLoader(
+        ConventionalSSLDataset(x, ctx.bundle.hflip),
+        batch_size=mu * b,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        generator=gen,
+        persistent_workers=workers > 0,
+    )
+    loader_l = DataLoader(
+        ConventionalSSLDataset(x, ctx.bundle.hflip),
+        batch_size=b,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        generator=gen,
+        persistent_workers=workers > 0,
+    )
     y = ctx.bundle.y_train
     it_u, it_l = iter(loader_u), iter(loader_l)
     times = []
@@ -107,9 +125,10 @@ def measure_conventional(cfg: Config, steps: int, warmup: int, workers: int) -> 
         logits_l, logits_w, logits_s = logits.split([b, mu * b, mu * b])
         probs = logits_w.detach().softmax(-1)
         conf, pseudo = probs.max(-1)
-        loss = F.cross_entropy(logits_l, y_l) + (
-            F.cross_entropy(logits_s, pseudo, reduction="none") * (conf >= 0.95).float()
-        ).mean()
+        loss = (
+            F.cross_entropy(logits_l, y_l)
+            + (F.cross_entropy(logits_s, pseudo, reduction="none") * (conf >= 0.95).float()).mean()
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -133,12 +152,19 @@ def main() -> None:
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = Config().override(**{
-            "data.dataset": args.dataset, "data.labels_per_class": 25, "model.name": args.model,
-            "algorithm.name": "fixmatch", "train.batch_size": args.batch_size,
-            "train.unlabeled_ratio": args.unlabeled_ratio, "train.device": args.device, "train.progress": False,
-            "out": str(Path(tmp) / "a"),
-        })
+        cfg = Config().override(
+            **{
+                "data.dataset": args.dataset,
+                "data.labels_per_class": 25,
+                "model.name": args.model,
+                "algorithm.name": "fixmatch",
+                "train.batch_size": args.batch_size,
+                "train.unlabeled_ratio": args.unlabeled_ratio,
+                "train.device": args.device,
+                "train.progress": False,
+                "out": str(Path(tmp) / "a"),
+            }
+        )
         started = time.perf_counter()
         ours, images = measure_fewlabels(cfg, args.steps, args.warmup)
         theirs = measure_conventional(cfg.override(out=str(Path(tmp) / "b")), args.steps, args.warmup, args.workers)
@@ -146,12 +172,21 @@ def main() -> None:
 
     device = trainer.resolve_device(args.device)
     row = {
-        "dataset": args.dataset, "model": args.model, "device": str(device), "hardware": hardware(),
-        "batch": f"{args.batch_size}+{args.unlabeled_ratio}x{args.batch_size}x2", "steps_timed": args.steps,
-        "fewlabels_step_s": round(ours, 4), "conventional_step_s": round(theirs, 4),
-        "fewlabels_img_per_s": round(images / ours, 1), "conventional_img_per_s": round(images / theirs, 1),
-        "speedup": round(theirs / ours, 2), "workers": args.workers, "torch": torch.__version__,
-        "seed": 0, "wall_seconds": round(wall, 1),
+        "dataset": args.dataset,
+        "model": args.model,
+        "device": str(device),
+        "hardware": hardware(),
+        "batch": f"{args.batch_size}+{args.unlabeled_ratio}x{args.batch_size}x2",
+        "steps_timed": args.steps,
+        "fewlabels_step_s": round(ours, 4),
+        "conventional_step_s": round(theirs, 4),
+        "fewlabels_img_per_s": round(images / ours, 1),
+        "conventional_img_per_s": round(images / theirs, 1),
+        "speedup": round(theirs / ours, 2),
+        "workers": args.workers,
+        "torch": torch.__version__,
+        "seed": 0,
+        "wall_seconds": round(wall, 1),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"throughput{args.tag}"
@@ -160,16 +195,21 @@ def main() -> None:
         writer.writeheader()
         writer.writerow(row)
     md = [
-        "# FixMatch step throughput", "",
+        "# FixMatch step throughput",
+        "",
         f"Hardware: {row['hardware']}; device {row['device']}; torch {row['torch']}.",
         f"Dataset {args.dataset}, model {args.model}, batch {row['batch']} images, median of {args.steps} timed "
-        f"steps after {args.warmup} warm-up steps; wall time {row['wall_seconds']} s.", "",
-        "| pipeline | step (s) | images/s |", "|---|---|---|",
+        f"steps after {args.warmup} warm-up steps; wall time {row['wall_seconds']} s.",
+        "",
+        "| pipeline | step (s) | images/s |",
+        "|---|---|---|",
         f"| fewlabels (batched on-device augmentation, no-grad weak pass) | {row['fewlabels_step_s']} | "
         f"{row['fewlabels_img_per_s']} |",
         f"| conventional (per-image torchvision in {args.workers} DataLoader workers, one forward) | "
-        f"{row['conventional_step_s']} | {row['conventional_img_per_s']} |", "",
-        f"Speed-up: **{row['speedup']}x**.", "",
+        f"{row['conventional_step_s']} | {row['conventional_img_per_s']} |",
+        "",
+        f"Speed-up: **{row['speedup']}x**.",
+        "",
     ]
     Path(f"{stem}.md").write_text("\n".join(md))
     print("\n".join(md))

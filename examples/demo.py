@@ -1,7 +1,7 @@
 """The main job on a built-in dataset: labels only vs FixMatch, same model and budget, printed as a table.
 
-    python examples/demo.py                       # Fashion-MNIST, 10 labels per class, about 5 minutes on 2 cores
-    python examples/demo.py --dataset digits --labels-per-class 4 --budget 30s
+python examples/demo.py                       # Fashion-MNIST, 10 labels per class, about 5 minutes on 2 cores
+python examples/demo.py --dataset digits --labels-per-class 4 --budget 30s
 """
 
 from __future__ import annotations
@@ -49,8 +49,10 @@ def main() -> None:
             f"| {100 * s['test_accuracy_median_last']:19.1f}% | {s['wall_seconds']:8.0f} |"
         )
     gain = 100 * (rows[1][1]["test_accuracy"] - rows[0][1]["test_accuracy"])
-    print(f"\nFixMatch {'gains' if gain >= 0 else 'loses'} {abs(gain):.1f} points over labels only. "
-          f"Run folders: {args.out}/ (see `fewlabels evaluate {args.out}/fixmatch`).")
+    print(
+        f"\nFixMatch {'gains' if gain >= 0 else 'loses'} {abs(gain):.1f} points over labels only. "
+        f"Run folders: {args.out}/ (see `fewlabels evaluate {args.out}/fixmatch`)."
+    )
 
 
 if __name__ == "__main__":

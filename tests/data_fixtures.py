@@ -121,9 +121,7 @@ def write_cifar100(root: Path, n_train: int = 20, n_test: int = 8) -> dict:
         x = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
         fine = [int(v) for v in rng.integers(0, 100, n)]
         with open(folder / split, "wb") as f:
-            pickle.dump(
-                {"data": _cifar_rows(x), "fine_labels": fine, "coarse_labels": [v // 5 for v in fine]}, f
-            )
+            pickle.dump({"data": _cifar_rows(x), "fine_labels": fine, "coarse_labels": [v // 5 for v in fine]}, f)
         out[split] = (x, np.array(fine))
     names = [f"class_{i:02d}" for i in range(100)]
     with open(folder / "meta", "wb") as f:
@@ -173,9 +171,7 @@ def write_stl10(root: Path, n_train: int = 10, n_unlabeled: int = 6, n_test: int
     return {"x": x, "y": y, "x_unlabeled": xu, "x_test": xt, "y_test": yt, "classes": names}
 
 
-def write_image(
-    path: Path, color: tuple[int, ...] | int, size: tuple[int, int] = (6, 5), mode: str = "RGB"
-) -> None:
+def write_image(path: Path, color: tuple[int, ...] | int, size: tuple[int, int] = (6, 5), mode: str = "RGB") -> None:
     """A solid-color image (size is width x height) saved in the format its extension names."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new(mode, size, color).save(path)

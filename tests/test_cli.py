@@ -50,8 +50,9 @@ def test_listings(capsys):
 def test_train_evaluate_predict_on_user_npz(tmp_path, capsys):
     data = blobs_npz(tmp_path / "blobs.npz")
     out_dir = tmp_path / "run"
-    code, out, err = run_cli(capsys, "train", "--dataset", str(data), "--algorithm", "fixmatch",
-                             "--out", str(out_dir), *FAST)
+    code, out, err = run_cli(
+        capsys, "train", "--dataset", str(data), "--algorithm", "fixmatch", "--out", str(out_dir), *FAST
+    )
     assert code == 0, err
     assert json.loads(out.splitlines()[0])["steps"] == 6
     code, out, _ = run_cli(capsys, "evaluate", str(out_dir))
@@ -65,8 +66,19 @@ def test_train_evaluate_predict_on_user_npz(tmp_path, capsys):
 
 def test_predict_images_writes_csv_file(tmp_path, capsys):
     out_dir = tmp_path / "run"
-    code, _, err = run_cli(capsys, "train", "--dataset", "digits", "--labels-per-class", "2",
-                           "--algorithm", "supervised", "--out", str(out_dir), *FAST)
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--dataset",
+        "digits",
+        "--labels-per-class",
+        "2",
+        "--algorithm",
+        "supervised",
+        "--out",
+        str(out_dir),
+        *FAST,
+    )
     assert code == 0, err
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -82,12 +94,27 @@ def test_predict_images_writes_csv_file(tmp_path, capsys):
 
 def test_yaml_defaults_and_flag_overrides(tmp_path, capsys):
     config = tmp_path / "c.yaml"
-    config.write_text("data: {dataset: digits, labels_per_class: 3}\nalgorithm: {name: fixmatch, threshold: 0.7}\n"
-                      "train: {steps: 4}\n")
+    config.write_text(
+        "data: {dataset: digits, labels_per_class: 3}\nalgorithm: {name: fixmatch, threshold: 0.7}\ntrain: {steps: 4}\n"
+    )
     out_dir = tmp_path / "run"
-    code, _, err = run_cli(capsys, "train", "--config", str(config), "--steps", "6",
-                           "--set", "algorithm.lambda_u=2", "--out", str(out_dir), "--batch-size", "8",
-                           "--unlabeled-ratio", "2", "--no-progress")
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--config",
+        str(config),
+        "--steps",
+        "6",
+        "--set",
+        "algorithm.lambda_u=2",
+        "--out",
+        str(out_dir),
+        "--batch-size",
+        "8",
+        "--unlabeled-ratio",
+        "2",
+        "--no-progress",
+    )
     assert code == 0, err
     saved = (out_dir / "config.yaml").read_text()
     assert "threshold: 0.7" in saved and "lambda_u: 2" in saved and "steps: 6" in saved
@@ -121,8 +148,17 @@ def test_label_outside_class_list_and_empty_pool(tmp_path, capsys):
     full = blobs_npz(tmp_path / "full.npz", unlabeled=0)
     code, _, err = run_cli(capsys, "train", "--dataset", str(full), "--out", str(tmp_path / "b"), *FAST)
     assert code == 2 and "unlabeled pool is empty" in err
-    code, _, err = run_cli(capsys, "train", "--dataset", str(full), "--algorithm", "supervised",
-                           "--out", str(tmp_path / "c"), *FAST)
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--dataset",
+        str(full),
+        "--algorithm",
+        "supervised",
+        "--out",
+        str(tmp_path / "c"),
+        *FAST,
+    )
     assert code == 0, err
 
 

@@ -108,9 +108,7 @@ def test_fashion_mnist_from_tiny_idx_files(tmp_path: Path) -> None:
     assert b.y_train.dtype == torch.int64 and int(b.y_train.max()) == 9 and int(b.y_train.min()) == 0
 
 
-def test_fashion_mnist_in_torchvision_layout_and_download_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_fashion_mnist_in_torchvision_layout_and_download_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
     class FakeFashionMNIST:
@@ -443,11 +441,7 @@ def test_npz_float_images_scaled_and_out_of_range_refused(tmp_path: Path) -> Non
     x[0, 0] = 0.5
     np.savez(tmp_path / "f.npz", x=x, y=np.array([0, 1]))
     b = load_dataset(str(tmp_path / "f.npz"))
-    assert (
-        b.x_train.dtype == torch.uint8
-        and int(b.x_train[1].min()) == 255
-        and int(b.x_train[0, 0, 0, 0]) == 128
-    )
+    assert b.x_train.dtype == torch.uint8 and int(b.x_train[1].min()) == 255 and int(b.x_train[0, 0, 0, 0]) == 128
     np.savez(tmp_path / "g.npz", x=x * 255, y=np.array([0, 1]))
     with pytest.raises(DataError, match="divide by 255"):
         load_dataset(str(tmp_path / "g.npz"))
@@ -462,9 +456,7 @@ def test_npz_float_images_scaled_and_out_of_range_refused(tmp_path: Path) -> Non
         (np.array(["a", "b", "a"]), None, "dtype"),
     ],
 )
-def test_npz_bad_labels_name_the_value(
-    tmp_path: Path, y: np.ndarray, classes: np.ndarray | None, needle: str
-) -> None:
+def test_npz_bad_labels_name_the_value(tmp_path: Path, y: np.ndarray, classes: np.ndarray | None, needle: str) -> None:
     arrays = {"x": np.zeros((3, 4)), "y": y}
     if classes is not None:
         arrays["classes"] = classes
@@ -497,9 +489,7 @@ def test_npz_missing_y_and_test_labels_must_be_known(tmp_path: Path) -> None:
 
 
 def _bundle(counts: list[int], unlabeled: int = 0, given: bool = False, with_val: bool = False) -> DataBundle:
-    y = np.concatenate([np.full(n, c) for c, n in enumerate(counts)] + [np.full(unlabeled, -1)]).astype(
-        np.int64
-    )
+    y = np.concatenate([np.full(n, c) for c, n in enumerate(counts)] + [np.full(unlabeled, -1)]).astype(np.int64)
     y = np.random.default_rng(42).permutation(y)
     x_val = torch.zeros(len(counts), 2) if with_val else None
     y_val = torch.arange(len(counts)) if with_val else None
@@ -550,10 +540,7 @@ def test_default_val_caps_at_500() -> None:
 def test_split_reproducible_and_seed_dependent() -> None:
     b = _bundle([50, 60, 70])
     assert make_split(b, labels_per_class=5, seed=1) == make_split(b, labels_per_class=5, seed=1)
-    assert (
-        make_split(b, labels_per_class=5, seed=1).checksum()
-        == make_split(b, labels_per_class=5, seed=1).checksum()
-    )
+    assert make_split(b, labels_per_class=5, seed=1).checksum() == make_split(b, labels_per_class=5, seed=1).checksum()
     other = make_split(b, labels_per_class=5, seed=2)
     assert not np.array_equal(other.labeled, make_split(b, labels_per_class=5, seed=1).labeled)
     assert other.seed == 2

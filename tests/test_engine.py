@@ -40,10 +40,26 @@ def tiny(tmp_path, name="run", **extra):
 def test_run_folder_holds_everything_a_user_needs(tmp_path):
     run = fewlabels.train(**tiny(tmp_path, **{"algorithm.name": "fixmatch", "algorithm.threshold": 0.3}))
     files = {p.name for p in run.path.iterdir()}
-    assert {"config.yaml", "split.json", "metrics.jsonl", "summary.json", "model.safetensors", "model.json"} <= files
+    assert {
+        "config.yaml",
+        "split.json",
+        "metrics.jsonl",
+        "summary.json",
+        "model.safetensors",
+        "model.json",
+    } <= files
     s = run.summary
-    for key in ("test_accuracy", "test_accuracy_median_last", "val_accuracy", "steps", "wall_seconds",
-                "num_labels", "algorithm", "dataset", "seed"):
+    for key in (
+        "test_accuracy",
+        "test_accuracy_median_last",
+        "val_accuracy",
+        "steps",
+        "wall_seconds",
+        "num_labels",
+        "algorithm",
+        "dataset",
+        "seed",
+    ):
         assert s[key] is not None, key
     assert s["steps"] == 12 and s["num_labels"] == 20 and s["algorithm"] == "fixmatch"
     assert 0.0 <= s["test_accuracy"] <= 1.0
@@ -91,7 +107,10 @@ def test_killed_run_resumes_to_the_identical_model(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="--resume"):
         fewlabels.train(**cfg)  # refuses to overwrite a run
     resumed = fewlabels.train(**cfg, resume=True)
-    wa, wb = load_file(str(full.path / "model.safetensors")), load_file(str(resumed.path / "model.safetensors"))
+    wa, wb = (
+        load_file(str(full.path / "model.safetensors")),
+        load_file(str(resumed.path / "model.safetensors")),
+    )
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     steps = [r["step"] for r in resumed.metrics() if "loss" in r]
     assert steps == [4, 8, 12]  # rows after the checkpoint were replaced, not duplicated
@@ -123,19 +142,22 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.dtype.is_floating_point)
 
 
-def test_ema_warmup_is_the_running_mean_early():
-    model = nn.Linear(2, 1, bias=False)
+def test_ema_warmup_follows_the_weights_early():
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
     ema = ModelEMA(model, decay=0.999)
-    seen = [model.weight.detach().clone()]
-    for _ in range(5):
+    expected = 0.0
+    for t in range(5):
         with torch.no_grad():
-            model.weight.add_(1.0)
+            model.weight.fill_(float(t + 1))
+        decay = (1 + t) / (10 + t)  # 0.1, 0.18, 0.25, ...: far below 0.999 at first
+        expected = decay * expected + (1 - decay) * (t + 1)
         ema.update(model)
-        seen.append(model.weight.detach().clone())
-    # decay_t = 1 - 1/(t+1): the first update copies, later ones average all weights seen since then.
-    expected = torch.stack(seen[1:]).mean(0)
-    assert torch.allclose(ema.module.weight, expected)
-    assert ema.current_decay() == pytest.approx(1 - 1 / 6)
+    assert ema.module.weight.item() == pytest.approx(expected)
+    assert ema.current_decay() == pytest.approx(6 / 15)
+    ema.updates = 10**6
+    assert ema.current_decay() == 0.999
 
 
 def test_ema_copies_batchnorm_buffers():

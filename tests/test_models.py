@@ -53,9 +53,7 @@ def test_forward_features_and_gradients(name: str, shape: tuple[int, ...]) -> No
     # Random weights: a plain sum gives every sample the same upstream gradient, which train-mode BatchNorm
     # cancels exactly, hiding whether a branch is really dead.
     (logits * torch.randn_like(logits)).sum().backward()
-    dead = [
-        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())
-    ]
+    dead = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
     assert not dead, f"parameters without gradient: {dead}"
 
 
@@ -87,15 +85,11 @@ def test_normalisation_is_a_saved_buffer(name: str) -> None:
 def test_normalisation_values_and_identity() -> None:
     model = create_model("cnn", 4, (3, 8, 8), mean=(0.5, 0.4, 0.3), std=(0.1, 0.2, 0.5))
     x = torch.rand(2, 3, 8, 8)
-    expected = (x - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)) / torch.tensor([0.1, 0.2, 0.5]).view(
-        1, 3, 1, 1
-    )
+    expected = (x - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)) / torch.tensor([0.1, 0.2, 0.5]).view(1, 3, 1, 1)
     torch.testing.assert_close(model.normalize(x), expected)
     # One value broadcasts over channels; None is the identity.
     assert model.normalize.mean.shape == (3,)
-    torch.testing.assert_close(
-        create_model("cnn", 4, (3, 8, 8), mean=[0.5]).normalize.mean, torch.full((3,), 0.5)
-    )
+    torch.testing.assert_close(create_model("cnn", 4, (3, 8, 8), mean=[0.5]).normalize.mean, torch.full((3,), 0.5))
     torch.testing.assert_close(create_model("cnn", 4, (3, 8, 8)).normalize(x), x)
     vec = create_model("mlp", 4, (5,), mean=[1.0] * 5, std=[2.0] * 5)
     v = torch.rand(3, 5)
@@ -194,9 +188,7 @@ def test_pretrained_refused_where_there_are_no_weights() -> None:
         create_model("cnn", 10, (1, 28, 28), pretrained=True)
 
 
-@pytest.mark.parametrize(
-    ("bad", "suggestion"), [("cnnn", "'cnn'"), ("wrn28_3", "'wrn28_2'"), ("resnet19", "resnet18")]
-)
+@pytest.mark.parametrize(("bad", "suggestion"), [("cnnn", "'cnn'"), ("wrn28_3", "'wrn28_2'"), ("resnet19", "resnet18")])
 def test_unknown_name_suggests_close_match(bad: str, suggestion: str) -> None:
     with pytest.raises(ConfigError, match=suggestion):
         create_model(bad, 10, (1, 28, 28))

@@ -22,7 +22,11 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "algorithm": ("algorithm.name", str, "see `fewlabels algorithms`"),
     "model": ("model.name", str, "see `fewlabels models` (default: the dataset's)"),
     "steps": ("train.steps", int, "optimizer steps"),
-    "budget": ("train.budget", str, "wall-clock budget, e.g. 15m; fixes the step count so the schedule ends on time"),
+    "budget": (
+        "train.budget",
+        str,
+        "wall-clock budget, e.g. 15m; fixes the step count so the schedule ends on time",
+    ),
     "batch_size": ("train.batch_size", int, "global labeled batch size B"),
     "unlabeled_ratio": ("train.unlabeled_ratio", int, "mu: unlabeled batch = mu * B"),
     "lr": ("optim.lr", float, "peak learning rate"),
@@ -49,8 +53,14 @@ def _train_parser(sub: Any) -> None:
         p.add_argument("--" + flag, dest=flag, action="store_true", default=None, help=text)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set algorithm.threshold=0.9 --set train.ema=0.99")
+    p.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set algorithm.threshold=0.9 --set train.ema=0.99",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,8 +109,23 @@ def _cmd_train(args: argparse.Namespace) -> None:
     run = train(args.config, resume=args.resume, **train_overrides(args))
     s = run.summary
     if s:
-        print(json.dumps({k: s[k] for k in ("algorithm", "dataset", "num_labels", "steps", "wall_seconds",
-                                            "val_accuracy", "test_accuracy", "test_accuracy_median_last")}))
+        print(
+            json.dumps(
+                {
+                    k: s[k]
+                    for k in (
+                        "algorithm",
+                        "dataset",
+                        "num_labels",
+                        "steps",
+                        "wall_seconds",
+                        "val_accuracy",
+                        "test_accuracy",
+                        "test_accuracy_median_last",
+                    )
+                }
+            )
+        )
         print(f"run folder: {run.path}")
 
 

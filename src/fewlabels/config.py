@@ -51,6 +51,8 @@ class ModelConfig:
     """Dropout probability before the classifier."""
     pretrained: bool = False
     """Load pretrained weights where the model has them (downloads; torchvision models only)."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Options of the model's factory, e.g. {norm: layer} for mlp or {stem: cifar} for resnet18."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ class TrainConfig:
     unlabeled_ratio: int = 7
     """mu: the unlabeled batch is unlabeled_ratio * batch_size."""
     ema: float = 0.999
-    """Decay of the evaluation EMA model (warmed up as min(ema, 1 - 1/(step + 1)))."""
+    """Decay of the evaluation EMA model (warmed up as min(ema, (1 + step) / (10 + step)))."""
     eval_every: int = 200
     """Evaluate the EMA model on validation and test every this many steps."""
     eval_last_k: int = 5

@@ -37,9 +37,7 @@ class Registry(Generic[T]):
                 return self._items[candidate]
         close = difflib.get_close_matches(key, list(self._items), n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
-        raise ConfigError(
-            f"unknown {self.kind} {name!r}: {hint}choose one of {', '.join(sorted(self._items))}"
-        )
+        raise ConfigError(f"unknown {self.kind} {name!r}: {hint}choose one of {', '.join(sorted(self._items))}")
 
     def create(self, name: str, **kwargs: Any) -> Any:
         """Call the factory registered as `name` with `kwargs`."""

@@ -45,6 +45,11 @@ class PseudoLabel(Algorithm):
         weight = self.lambda_u * linear_ramp(ctx.progress, self.warmup)
         return StepOutput(
             loss=loss_l + weight * loss_u,
-            logs={"loss_l": loss_l.detach(), "loss_u": loss_u.detach(), "mask": mask.mean(), "lambda_u": weight},
+            logs={
+                "loss_l": loss_l.detach(),
+                "loss_u": loss_u.detach(),
+                "mask": mask.mean(),
+                "lambda_u": weight,
+            },
             pseudo=(pseudo, mask),
         )

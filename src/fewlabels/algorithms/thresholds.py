@@ -77,12 +77,14 @@ class CurriculumThreshold:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         selected = torch.as_tensor(state["selected"], dtype=torch.long)
         if selected.shape != self.selected.shape:
-            raise ValueError(f"FlexMatch memory holds {selected.numel()} samples, this pool has {self.selected.numel()}")
+            raise ValueError(
+                f"FlexMatch memory holds {selected.numel()} samples, this pool has {self.selected.numel()}"
+            )
         self.selected = selected.clone()
 
 
 class SelfAdaptiveThreshold:
-    """FreeMatch's thresholds tau(c) = (p(c) / max p) * tau_global, all EMAs of the model's confidence (Wang et al. 2023).
+    """FreeMatch's thresholds tau(c) = (p(c) / max p) * tau_global from EMAs of the confidence (Wang et al. 2023).
 
     The statistics are updated from the current (global) batch before masking, as in the reference.
     """
@@ -133,9 +135,7 @@ class TruncatedGaussianWeight:
     shapes the weight, the pseudo-labels still come from the unaligned predictions.
     """
 
-    def __init__(
-        self, num_classes: int, momentum: float = 0.999, n_sigma: float = 2.0, align: bool = True
-    ) -> None:
+    def __init__(self, num_classes: int, momentum: float = 0.999, n_sigma: float = 2.0, align: bool = True) -> None:
         self.momentum = momentum
         self.n_sigma = n_sigma
         self.align = align
@@ -175,4 +175,3 @@ class TruncatedGaussianWeight:
         self.var = torch.as_tensor(state["var"]).float().clone()
         cp = state.get("class_probs")
         self.class_probs = None if cp is None else torch.as_tensor(cp).float().clone()
-

@@ -55,8 +55,7 @@ def _vectors(x: Tensor) -> Tensor:
     """Check for an (N, D) batch and return it as float32."""
     if x.ndim != 2 or not x.is_floating_point():
         raise ConfigError(
-            f"vector augmentation expects float features of shape (N, D), got {x.dtype} of shape "
-            f"{tuple(x.shape)}"
+            f"vector augmentation expects float features of shape (N, D), got {x.dtype} of shape {tuple(x.shape)}"
         )
     return x.to(torch.float32)
 
@@ -75,9 +74,7 @@ def _reflect(index: Tensor, size: int) -> Tensor:
     return torch.where(index > size - 1, 2 * (size - 1) - index, index)
 
 
-def weak(
-    x: Tensor, generator: torch.Generator | None = None, hflip: bool = True, translate: float = 0.125
-) -> Tensor:
+def weak(x: Tensor, generator: torch.Generator | None = None, hflip: bool = True, translate: float = 0.125) -> Tensor:
     """FixMatch's weak view: per-sample random horizontal flip, then a random whole-pixel reflected shift."""
     _check_fraction("translate", translate, upper_open=True)
     _check_images(x)
@@ -265,9 +262,7 @@ def vector_weak(x: Tensor, generator: torch.Generator | None = None, noise: floa
     return x + noise * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
-def vector_strong(
-    x: Tensor, generator: torch.Generator | None = None, noise: float = 0.3, drop: float = 0.2
-) -> Tensor:
+def vector_strong(x: Tensor, generator: torch.Generator | None = None, noise: float = 0.3, drop: float = 0.2) -> Tensor:
     """Add Gaussian noise of std `noise`, then zero round(drop * D) random features of each sample."""
     _check_fraction("drop", drop)
     x = _vectors(x)

@@ -94,9 +94,7 @@ class _ImageReader:
         )
 
 
-def _stack_images(
-    groups: dict[str, list[np.ndarray]], where: str, image_size: int | None
-) -> dict[str, torch.Tensor]:
+def _stack_images(groups: dict[str, list[np.ndarray]], where: str, image_size: int | None) -> dict[str, torch.Tensor]:
     """Stack per-split lists of HxW / HxWx3 arrays into uint8 NCHW tensors with one common shape and mode."""
     arrays = [a for g in groups.values() for a in g]
     if not arrays:
@@ -149,9 +147,7 @@ def load_image_folder(path: str | Path, strict: bool = False, image_size: int | 
             f"{root} has no labeled/ folder; an image-folder dataset is labeled/<class>/*, unlabeled/*, "
             "and optionally val/<class>/* and test/<class>/*"
         )
-    classes = sort_class_names(
-        p.name for p in labeled_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-    )
+    classes = sort_class_names(p.name for p in labeled_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{labeled_dir} has no class folders: put labeled images in labeled/<class name>/")
     index = {c: i for i, c in enumerate(classes)}
@@ -273,14 +269,10 @@ def load_csv_manifest(path: str | Path, strict: bool = False, image_size: int | 
             raise DataError(f"row {line} of {csv_path} has no path; every row needs `path,label`")
         split = (r.get("split") or "train").strip().lower() or "train"
         if split not in _SPLITS:
-            raise DataError(
-                f"row {line} of {csv_path} has split {split!r}; use train, val or test (or leave it empty)"
-            )
+            raise DataError(f"row {line} of {csv_path} has split {split!r}; use train, val or test (or leave it empty)")
         label = (r.get("label") or "").strip()
         if split != "train" and not label:
-            raise DataError(
-                f"row {line} of {csv_path} is a {split} row without a label; {split} rows must be labeled"
-            )
+            raise DataError(f"row {line} of {csv_path} is a {split} row without a label; {split} rows must be labeled")
         p = Path(r["path"].strip()).expanduser()
         entries.append((line, p if p.is_absolute() else base / p, label, split))
 
@@ -335,8 +327,7 @@ def load_npz(path: str | Path, image_size: int | None = None) -> DataBundle:
         raise _npz_read_error(npz_path, e) from e
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise DataError(
-            f"{npz_path} holds a single array, not an .npz archive; save x and y together with "
-            "np.savez(path, x=x, y=y)"
+            f"{npz_path} holds a single array, not an .npz archive; save x and y together with np.savez(path, x=x, y=y)"
         )
     try:
         with loaded as z:
@@ -347,8 +338,7 @@ def load_npz(path: str | Path, image_size: int | None = None) -> DataBundle:
     for key in ("x", "y"):
         if key not in arrays:
             raise DataError(
-                f"{npz_path} has no array {key!r} (found {sorted(arrays)}); "
-                "save it with np.savez(path, x=..., y=...)"
+                f"{npz_path} has no array {key!r} (found {sorted(arrays)}); save it with np.savez(path, x=..., y=...)"
             )
     for a, b in (("x_val", "y_val"), ("x_test", "y_test")):
         if (a in arrays) != (b in arrays):
@@ -358,9 +348,7 @@ def load_npz(path: str | Path, image_size: int | None = None) -> DataBundle:
     if "classes" in arrays:
         names = arrays["classes"]
         if names.dtype.kind not in "US" or names.ndim != 1:
-            raise DataError(
-                f"'classes' in {npz_path} must be a 1-D string array, got {names.dtype} {names.shape}"
-            )
+            raise DataError(f"'classes' in {npz_path} must be a 1-D string array, got {names.dtype} {names.shape}")
         classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist()]
         if len(set(classes)) != len(classes):
             raise DataError(f"'classes' in {npz_path} repeats a name: {classes}")
@@ -434,9 +422,7 @@ def _npz_read_error(path: Path, e: Exception) -> DataError:
             "save plain numeric arrays, e.g. np.savez(path, x=x.astype(np.float32), "
             "y=y.astype(np.int64)), and class names as a string array"
         )
-    return DataError(
-        f"cannot read {path} as an .npz archive ({type(e).__name__}: {e}); save it with np.savez"
-    )
+    return DataError(f"cannot read {path} as an .npz archive ({type(e).__name__}: {e}); save it with np.savez")
 
 
 def _npz_labels(y: np.ndarray, key: str, where: Path) -> np.ndarray:
@@ -495,7 +481,6 @@ def _npz_inputs(x: np.ndarray, key: str, where: Path) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(np.round(x * 255.0).astype(np.uint8)))
     if lo < 0 or hi > 255:
         raise DataError(
-            f"{key!r} in {where} is an integer image array with values in [{lo:g}, {hi:g}]; "
-            "pixels must be 0..255"
+            f"{key!r} in {where} is an integer image array with values in [{lo:g}, {hi:g}]; pixels must be 0..255"
         )
     return torch.from_numpy(np.ascontiguousarray(x.astype(np.uint8)))

@@ -75,9 +75,7 @@ def resize_images(x: torch.Tensor, size: int) -> torch.Tensor:
     out = []
     # Chunked so that a large set never needs a float copy of the whole tensor at once.
     for chunk in torch.split(x, 4096):
-        y = F.interpolate(
-            chunk.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True
-        )
+        y = F.interpolate(chunk.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         out.append(y.round().clamp_(0, 255).to(torch.uint8))
     return torch.cat(out)
 
@@ -319,9 +317,7 @@ def load_cifar100(root: str | None = None, download: bool = False, **kw: Any) ->
     return _load_cifar("cifar100", root, download, kw, default_model="wrn28_8")
 
 
-def _load_cifar(
-    name: str, root: str | None, download: bool, kw: dict[str, Any], default_model: str
-) -> DataBundle:
+def _load_cifar(name: str, root: str | None, download: bool, kw: dict[str, Any], default_model: str) -> DataBundle:
     _no_options(name, kw)
     from torchvision.datasets import CIFAR10, CIFAR100
 
@@ -435,9 +431,7 @@ def load_dataset(
             ) from None
         if os.sep in name_or_path or "/" in name_or_path or path.suffix.lower() in (".csv", ".npz"):
             raise DataError(f"{name_or_path}: no such file or folder") from None
-        raise ConfigError(
-            f"{unknown}; or give a path to an image folder, a .csv manifest or an .npz file"
-        ) from None
+        raise ConfigError(f"{unknown}; or give a path to an image folder, a .csv manifest or an .npz file") from None
     bundle = loader(root=root, download=download)
     if image_size is not None:
         if bundle.modality != "image":

@@ -85,9 +85,7 @@ class Split:
             split = cls(labeled=d["labeled"], unlabeled=d["unlabeled"], val=d["val"], seed=d["seed"])
             expected = d["checksum"]
         except (KeyError, TypeError, ValueError) as e:
-            raise DataError(
-                f"split file is malformed ({type(e).__name__}: {e}); delete it to draw a new split"
-            ) from e
+            raise DataError(f"split file is malformed ({type(e).__name__}: {e}); delete it to draw a new split") from e
         if split.checksum() != expected:
             raise DataError(
                 "split file checksum mismatch: its indices were edited or corrupted; restore it, "
@@ -126,10 +124,7 @@ class Split:
         """Raise DataError if this split cannot index `bundle` (a split saved for other data)."""
         n = len(bundle.y_train)
         top = max((int(a.max()) for a in (self.labeled, self.unlabeled, self.val) if a.size), default=-1)
-        if (
-            top >= n
-            or min((int(a.min()) for a in (self.labeled, self.unlabeled, self.val) if a.size), default=0) < 0
-        ):
+        if top >= n or min((int(a.min()) for a in (self.labeled, self.unlabeled, self.val) if a.size), default=0) < 0:
             raise DataError(
                 f"the split indexes row {top} but {bundle.name} has {n} training rows; it was made for other "
                 "data: delete the split file or point at the matching dataset"

@@ -33,7 +33,7 @@ class BudgetPlanner:
 
     def plan(self, step: int, elapsed: float, eval_seconds: float) -> int:
         """Total steps such that training, periodic evaluations and the final one fit in the budget."""
-        recent = self.step_times[-50:]
+        recent = self.step_times[-200:]
         step_time = statistics.median(recent)
         left = self.seconds - elapsed - eval_seconds
         per_step = step_time + eval_seconds / self.eval_every

@@ -24,9 +24,7 @@ def predict_logits(
     model.eval()
     device = torch.device(device)
     outputs = []
-    amp = (
-        torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
-    )
+    amp = torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
     try:
         for start in range(0, x.shape[0], batch_size):
             chunk = to_float(x[start : start + batch_size].to(device, non_blocking=True))

@@ -27,6 +27,7 @@ def save_model(folder: Path, model: nn.Module, bundle: Any, cfg: Config, name: s
         "mean": mean,
         "std": std,
         "dropout": cfg.model.dropout,
+        "options": dict(getattr(model, "options", {})),
         "classes": list(bundle.classes),
         "modality": bundle.modality,
     }
@@ -89,6 +90,7 @@ class Run:
             mean=info["mean"],
             std=info["std"],
             dropout=info["dropout"],
+            **info.get("options", {}),
         )
         model.load_state_dict(load_file(str(self.path / f"{which}.safetensors")))
         return model.eval()

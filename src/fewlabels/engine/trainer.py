@@ -23,7 +23,14 @@ from fewlabels.config import Config, parse_duration, resolve_config
 from fewlabels.data import DataBundle, Split, check_unlabeled, load_dataset, make_split
 from fewlabels.engine import checkpoint as ckpt
 from fewlabels.engine.budget import BudgetPlanner
-from fewlabels.engine.distributed import DistInfo, all_gather_cat, broadcast_int, cleanup, init_distributed, per_rank
+from fewlabels.engine.distributed import (
+    DistInfo,
+    all_gather_cat,
+    broadcast_int,
+    cleanup,
+    init_distributed,
+    per_rank,
+)
 from fewlabels.engine.ema import ModelEMA
 from fewlabels.engine.evaluate import accuracy, confusion_matrix, per_class_accuracy, predict_logits
 from fewlabels.engine.monitor import MetricsLogger, PseudoMonitor
@@ -31,7 +38,6 @@ from fewlabels.engine.run import Run, save_model
 from fewlabels.engine.schedule import build_optimizer, lr_factor, set_lr
 from fewlabels.errors import ConfigError, TrainingDiverged
 from fewlabels.models import MODELS, create_model
-
 
 
 class InfiniteSampler:
@@ -79,7 +85,9 @@ def resolve_device(name: str) -> torch.device:
 def default_out(cfg: Config) -> str:
     """runs/<dataset>-<algorithm>-<labels>-s<seed>."""
     data = cfg.data
-    labels = f"{data.labels_per_class}pc" if data.labels_per_class else (f"{data.num_labels}l" if data.num_labels else "all")
+    labels = (
+        f"{data.labels_per_class}pc" if data.labels_per_class else (f"{data.num_labels}l" if data.num_labels else "all")
+    )
     stem = Path(data.dataset).stem if ("/" in data.dataset or "." in data.dataset) else data.dataset
     return str(Path("runs") / f"{stem}-{cfg.algorithm.name}-{labels}-s{cfg.train.seed}")
 
@@ -190,6 +198,7 @@ def _build(cfg: Config, info: DistInfo, resume: bool) -> Context:
         std=std,
         dropout=cfg.model.dropout,
         pretrained=cfg.model.pretrained,
+        **cfg.model.options,
     ).to(device)
     channels_last = cfg.train.channels_last and bundle.modality == "image"
     if channels_last:
@@ -344,8 +353,12 @@ def _train_step(ctx: Context, step: int, total: int) -> tuple[dict[str, float], 
 
 def _evaluate(ctx: Context, model: nn.Module) -> dict[str, Any]:
     b, t = ctx.bundle, ctx.cfg.train
-    kwargs = dict(batch_size=t.eval_batch_size, device=ctx.device, autocast_dtype=ctx.autocast_dtype,
-                  channels_last=t.channels_last and b.modality == "image")
+    kwargs = dict(
+        batch_size=t.eval_batch_size,
+        device=ctx.device,
+        autocast_dtype=ctx.autocast_dtype,
+        channels_last=t.channels_last and b.modality == "image",
+    )
     out: dict[str, Any] = {}
     x_val, y_val = _val_set(ctx)
     if x_val is not None and len(x_val):
@@ -387,8 +400,13 @@ def _loop(ctx: Context, resume: bool) -> Run:
     planner = BudgetPlanner(budget - wall_before, t.eval_every) if budget else None
     start = time.perf_counter()
     eval_seconds = 0.0
-    bar = tqdm(total=total, initial=start_step, disable=not (t.progress and info.is_main), dynamic_ncols=True,
-               desc=cfg.algorithm.name)
+    bar = tqdm(
+        total=total,
+        initial=start_step,
+        disable=not (t.progress and info.is_main),
+        dynamic_ncols=True,
+        desc=cfg.algorithm.name,
+    )
     step = last_good = start_step
     while total is None or step < total:
         logs, pseudo, index = _train_step(ctx, step, total if total is not None else 10**9)
@@ -410,21 +428,24 @@ def _loop(ctx: Context, resume: bool) -> Run:
                     tick = time.perf_counter()
                     _evaluate(ctx, ctx.ema.module)
                     eval_seconds = time.perf_counter() - tick
-                total = broadcast_int(planner.plan(step, time.perf_counter() - start, eval_seconds), info, ctx.device)
-                bar.total = total
+                planned = planner.plan(step, time.perf_counter() - start, eval_seconds)
+                planned = broadcast_int(planned, info, ctx.device)  # every rank follows rank 0's plan
+                if total is None or abs(planned - total) > 0.02 * total:  # small drifts keep the schedule still
+                    total = planned
+                    bar.total = total
         bar.update(1)
         if step % t.log_every == 0 or step == total:
             means = logger.means()
             bar.set_postfix({k: f"{means[k]:.3g}" for k in ("loss", "mask") if k in means})
             logger.flush(step, monitor.summary())
             monitor.reset()
-        if total is not None and (step % t.eval_every == 0 or step == total):
+        if total is not None and (step % t.eval_every == 0 or step == total) and info.is_main:
             tick = time.perf_counter()
             row = {"step": step, **_evaluate(ctx, ctx.ema.module)}
             eval_seconds = time.perf_counter() - tick
             if "test_accuracy" in row:
                 history.append(row["test_accuracy"])
-            if row.get("val_accuracy", -math.inf) > best_val and info.is_main:
+            if row.get("val_accuracy", -math.inf) > best_val:
                 best_val = row["val_accuracy"]
                 save_model(ctx.folder, ctx.ema.module, ctx.bundle, cfg, name="best")
             logger.write({**row, "kind": "eval"})
@@ -476,8 +497,13 @@ def _finish(ctx: Context, step: int, wall: float, history: list[float]) -> None:
         "skipped_files": len(b.skipped_files),
     }
     if b.x_test is not None and b.y_test is not None:
-        logits = predict_logits(ctx.ema.module, b.x_test, cfg.train.eval_batch_size, ctx.device,
-                                channels_last=cfg.train.channels_last and b.modality == "image")
+        logits = predict_logits(
+            ctx.ema.module,
+            b.x_test,
+            cfg.train.eval_batch_size,
+            ctx.device,
+            channels_last=cfg.train.channels_last and b.modality == "image",
+        )
         summary["per_class_test_accuracy"] = per_class_accuracy(logits, b.y_test, b.num_classes)
         summary["confusion_matrix"] = confusion_matrix(logits, b.y_test, b.num_classes)
     if b.skipped_files:

@@ -21,13 +21,16 @@ def create_model(
     std: Sequence[float] | None = None,
     dropout: float = 0.0,
     pretrained: bool = False,
+    **options: object,
 ) -> Classifier:
     """Build model `name` for inputs (N, *input_shape) on the [0, 1] scale, returning a `Classifier`.
 
     `input_shape` is (C, H, W) for images or (D,) for vectors; `mean`/`std` (one value or one per
     channel/feature) become a fixed normalisation inside the model, identity when None. `dropout` applies
     before the final linear layer. `pretrained=True` downloads ImageNet weights (resnet18 only) and, when no
-    mean/std are given, normalises with ImageNet's statistics, which those weights expect.
+    mean/std are given, normalises with ImageNet's statistics, which those weights expect. `options` go to the
+    model's factory (e.g. mlp's `norm`, resnet18's `stem`); the model records them in `model.options` so that
+    it can be rebuilt from a checkpoint without downloading anything.
     """
     factory = MODELS.get(name)
     key = next(k for k in MODELS.names() if MODELS.get(k) is factory)
@@ -40,20 +43,29 @@ def create_model(
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
-    kwargs: dict[str, object] = {"num_classes": classes, "input_shape": input_shape}
+    params = inspect.signature(factory).parameters
+    valid = [k for k in params if k not in ("num_classes", "input_shape", "pretrained")]
+    for key in options:
+        if key not in valid:
+            raise ConfigError(
+                f"{key!r} is not an option of model {name!r}: its options are {', '.join(valid) or 'none'}"
+            )
+    if pretrained and "stem" in params and options.get("stem", "auto") == "auto":
+        options = {**options, "stem": "imagenet"}  # pretrained kernels need the stem they were trained with
+    kwargs: dict[str, object] = {"num_classes": classes, "input_shape": input_shape, **options}
     if pretrained:
         if "pretrained" not in inspect.signature(factory).parameters:
             have = [n for n in MODELS.names() if "pretrained" in inspect.signature(MODELS.get(n)).parameters]
-            raise ConfigError(
-                f"model {key!r} has no pretrained weights; set pretrained=False or use {', '.join(have)}"
-            )
+            raise ConfigError(f"model {key!r} has no pretrained weights; set pretrained=False or use {', '.join(have)}")
         kwargs["pretrained"] = True
         if mean is None and std is None and input_shape[0] in (1, 3):
             # Grey inputs go through kernels summed over RGB, so the channel-averaged statistics fit best.
             mean = IMAGENET_MEAN if input_shape[0] == 3 else (sum(IMAGENET_MEAN) / 3,)
             std = IMAGENET_STD if input_shape[0] == 3 else (sum(IMAGENET_STD) / 3,)
     backbone, classifier = factory(**kwargs)
-    return Classifier(key, backbone, classifier, input_shape, mean=mean, std=std, dropout=dropout)
+    model = Classifier(key, backbone, classifier, input_shape, mean=mean, std=std, dropout=dropout)
+    model.options = dict(options)
+    return model
 
 
 def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:

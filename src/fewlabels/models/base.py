@@ -38,9 +38,7 @@ class Normalize(nn.Module):
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(
-        self, input_shape: tuple[int, ...], mean: Sequence[float] | None, std: Sequence[float] | None
-    ):
+    def __init__(self, input_shape: tuple[int, ...], mean: Sequence[float] | None, std: Sequence[float] | None):
         super().__init__()
         self.input_shape = tuple(input_shape)
         n = self.input_shape[0]
@@ -56,8 +54,7 @@ class Normalize(nn.Module):
         if x.dim() != len(self.input_shape) + 1 or x.shape[1] != self.input_shape[0]:
             kind = "images (N, C, H, W)" if len(self.input_shape) == 3 else "vectors (N, D)"
             raise DataError(
-                f"the model expects {kind} with input shape {self.input_shape}, got a tensor of shape "
-                f"{tuple(x.shape)}"
+                f"the model expects {kind} with input shape {self.input_shape}, got a tensor of shape {tuple(x.shape)}"
             )
         view = (1, -1) + (1,) * (x.dim() - 2)
         return (x - self.mean.view(view)) / self.std.view(view)

@@ -6,6 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
+from fewlabels.errors import ConfigError
 from fewlabels.models.base import MODELS, image_shape
 
 # Below this size the ImageNet stem (7x7 stride 2 + max-pool) would shrink e.g. 32x32 to 8x8 before layer1.
@@ -26,10 +27,17 @@ def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 @MODELS.register("resnet18")
 def resnet18(
-    *, num_classes: int, input_shape: tuple[int, ...], pretrained: bool = False
+    *, num_classes: int, input_shape: tuple[int, ...], pretrained: bool = False, stem: str = "auto"
 ) -> tuple[nn.Module, nn.Linear]:
-    """ResNet-18 (11.2M params), CIFAR-style stem for images <= 64px; can load ImageNet weights."""
+    """ResNet-18 (11.2M params), CIFAR-style stem for images <= 64px; can load ImageNet weights.
+
+    stem: 'cifar' (3x3 stride 1, no max-pool), 'imagenet' (7x7 stride 2 and max-pool) or 'auto' (cifar for
+    images of 64 px or less unless pretrained).
+    """
     c, h, w = image_shape("resnet18", input_shape)
+    if stem not in ("auto", "cifar", "imagenet"):
+        raise ConfigError(f"resnet18 stem must be 'auto', 'cifar' or 'imagenet', got {stem!r}")
+    small_stem = stem == "cifar" or (stem == "auto" and min(h, w) <= _SMALL_IMAGE and not pretrained)
     if pretrained:
         # Downloads (or reads torch.hub's cache); only reached on explicit request.
         net = torchvision.models.resnet18(weights=torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
@@ -37,7 +45,7 @@ def resnet18(
     else:
         net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
         fc = net.fc
-    if min(h, w) <= _SMALL_IMAGE and not pretrained:
+    if small_stem:
         # The pretrained kernels only make sense with the stem they were trained with, so it is kept then.
         net.conv1 = nn.Conv2d(c, 64, 3, 1, 1, bias=False)
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")

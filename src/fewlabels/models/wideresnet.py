@@ -65,9 +65,7 @@ class WideResNet(nn.Module):
                 nn.init.constant_(m.bias, 0.0)
 
     @staticmethod
-    def _group(
-        n: int, cin: int, cout: int, stride: int, activate_before_residual: bool = False
-    ) -> nn.Sequential:
+    def _group(n: int, cin: int, cout: int, stride: int, activate_before_residual: bool = False) -> nn.Sequential:
         blocks = [BasicBlock(cin, cout, stride, activate_before_residual)]
         blocks += [BasicBlock(cout, cout, 1) for _ in range(n - 1)]
         return nn.Sequential(*blocks)
@@ -78,9 +76,7 @@ class WideResNet(nn.Module):
         return torch.flatten(self.pool(self.relu(self.bn1(out))), 1)
 
 
-def _wrn(
-    name: str, widen_factor: int, num_classes: int, input_shape: tuple[int, ...]
-) -> tuple[nn.Module, nn.Linear]:
+def _wrn(name: str, widen_factor: int, num_classes: int, input_shape: tuple[int, ...]) -> tuple[nn.Module, nn.Linear]:
     c, _, _ = image_shape(name, input_shape)
     backbone = WideResNet(c, depth=28, widen_factor=widen_factor)
     fc = nn.Linear(backbone.num_features, num_classes)
