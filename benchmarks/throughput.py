@@ -31,6 +31,7 @@ from torchvision import transforms
 from fewlabels.config import Config
 from fewlabels.engine import trainer
 from fewlabels.engine.distributed import DistInfo
+from fewlabels.engine.setup import build_context, resolve_device
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -78,7 +79,7 @@ def hardware() -> str:
 
 
 def measure_fewlabels(cfg: Config, steps: int, warmup: int) -> tuple[float, int]:
-    ctx = trainer._build(cfg, DistInfo(), resume=False)
+    ctx = build_context(cfg, DistInfo(), resume=False)
     times = []
     for step in range(warmup + steps):
         logs, _, _ = trainer._train_step(ctx, step, 10**6)
@@ -89,7 +90,7 @@ def measure_fewlabels(cfg: Config, steps: int, warmup: int) -> tuple[float, int]
 
 
 def measure_conventional(cfg: Config, steps: int, warmup: int, workers: int) -> float:
-    ctx = trainer._build(cfg, DistInfo(), resume=False)  # same data, model and optimizer set-up
+    ctx = build_context(cfg, DistInfo(), resume=False)  # same data, model and optimizer set-up
     model, optimizer, device = ctx.raw_model, ctx.optimizer, ctx.device
     x = ctx.bundle.x_train.numpy()
     mu, b = cfg.train.unlabeled_ratio, cfg.train.batch_size
@@ -170,7 +171,7 @@ def main() -> None:
         theirs = measure_conventional(cfg.override(out=str(Path(tmp) / "b")), args.steps, args.warmup, args.workers)
         wall = time.perf_counter() - started
 
-    device = trainer.resolve_device(args.device)
+    device = resolve_device(args.device)
     row = {
         "dataset": args.dataset,
         "model": args.model,

@@ -38,7 +38,7 @@ def tiny(tmp_path, name="run", **extra):
 
 
 def test_run_folder_holds_everything_a_user_needs(tmp_path):
-    run = fewlabels.train(**tiny(tmp_path, **{"algorithm.name": "fixmatch", "algorithm.threshold": 0.3}))
+    run = fewlabels.train(**tiny(tmp_path, **{"algorithm.name": "fixmatch", "algorithm.threshold": 0.1}))
     files = {p.name for p in run.path.iterdir()}
     assert {
         "config.yaml",

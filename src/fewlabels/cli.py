@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -108,7 +109,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     run = train(args.config, resume=args.resume, **train_overrides(args))
     s = run.summary
-    if s:
+    if s and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(
             json.dumps(
                 {
