@@ -9,16 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fewlabels.data.bundle import DataBundle
 from fewlabels.errors import ConfigError, DataError
+from fewlabels.io import atomic_write_text
 
 SPLIT_FORMAT_VERSION = 1
 MAX_VAL_PER_CLASS = 500
@@ -95,18 +94,7 @@ class Split:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the split as JSON atomically (temporary file in the same folder, then os.replace)."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_json(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, json.dumps(self.to_json()))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Split:

@@ -13,12 +13,11 @@ from torch import Tensor, nn
 
 from fewlabels.config import Config, resolve_config
 from fewlabels.errors import ConfigError
+from fewlabels.io import atomic_write_text
 
 
 def save_model(folder: Path, model: nn.Module, bundle: Any, cfg: Config, name: str = "model") -> None:
     """Write `name`.safetensors (weights) and `name`.json (how to rebuild the model), atomically."""
-    from fewlabels.engine.checkpoint import atomic_write_text
-
     mean, std = bundle.channel_stats()
     meta = {
         "model": cfg.model.name or bundle.default_model,

@@ -20,6 +20,7 @@ from fewlabels.engine.ema import ModelEMA
 from fewlabels.engine.sampler import InfiniteSampler
 from fewlabels.engine.schedule import build_optimizer
 from fewlabels.errors import ConfigError
+from fewlabels.io import atomic_write_text
 from fewlabels.models import MODELS, create_model
 
 
@@ -87,7 +88,7 @@ def prepare_folder(cfg: Config, folder: Path, resume: bool, info: DistInfo) -> N
     if info.is_main:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "metrics.jsonl").unlink(missing_ok=True)
-        ckpt.atomic_write_text(config_path, cfg.to_yaml())
+        atomic_write_text(config_path, cfg.to_yaml())
 
 
 def config_diff(old: dict, new: dict, prefix: str = "") -> str:

@@ -27,6 +27,7 @@ from fewlabels.engine.run import Run, save_model
 from fewlabels.engine.schedule import lr_factor, set_lr
 from fewlabels.engine.setup import Context, build_context, context_state, restore_context
 from fewlabels.errors import ConfigError, TrainingDiverged
+from fewlabels.io import atomic_write_text
 
 
 def train(config: Config | dict | str | Path | None = None, **overrides: Any) -> Run:
@@ -227,7 +228,7 @@ def _trim_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    ckpt.atomic_write_text(path, "".join(r + "\n" for r in rows))
+    atomic_write_text(path, "".join(r + "\n" for r in rows))
 
 
 def _hidden_labels(ctx: Context) -> Tensor:
@@ -268,4 +269,4 @@ def _finish(ctx: Context, step: int, wall: float, history: list[float]) -> None:
         summary["confusion_matrix"] = confusion_matrix(logits, b.y_test, b.num_classes)
     if b.skipped_files:
         warnings.warn(f"{len(b.skipped_files)} unreadable files were skipped (see summary.json)", stacklevel=2)
-    ckpt.atomic_write_text(ctx.folder / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(ctx.folder / "summary.json", json.dumps(summary, indent=2))
