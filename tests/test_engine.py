@@ -48,6 +48,7 @@ def test_run_folder_holds_everything_a_user_needs(tmp_path):
         "model.safetensors",
         "model.json",
     } <= files
+    assert {"best.safetensors", "best.json", "checkpoint.json", "checkpoint-12.safetensors"} <= files
     s = run.summary
     for key in (
         "test_accuracy",
