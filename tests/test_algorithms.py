@@ -234,5 +234,23 @@ def test_adaptive_state_changes_with_training(name):
 
 def test_flexmatch_rejects_state_of_another_pool_size():
     a, b = create_algorithm("flexmatch", 2, 3), create_algorithm("flexmatch", 2, 5)
-    with pytest.raises(ValueError, match="5"):
+    with pytest.raises(ConfigError, match="new --out"):
         b.load_state_dict(a.state_dict())
+
+
+@pytest.mark.parametrize("name", ["fixmatch", "flexmatch", "freematch", "softmatch"])
+def test_concat_forward_gives_the_same_loss_without_batchnorm(name):
+    # With a batch-independent model the two forward conventions agree exactly; they differ only through
+    # BatchNorm statistics.
+    separate = create_algorithm(name, 2, 3).step(Echo(), make_batch(), ctx())
+    joint = create_algorithm(name, 2, 3, concat_forward=True).step(Echo(), make_batch(), ctx())
+    assert joint.loss.item() == pytest.approx(separate.loss.item(), rel=1e-6)
+
+
+def test_concat_forward_shares_batchnorm_statistics():
+    model = nn.Sequential(nn.BatchNorm1d(2, affine=False))
+    create_algorithm("fixmatch", 2, 3, concat_forward=True).step(model, make_batch(), ctx())
+    assert model[0].num_batches_tracked.item() == 1  # one pass over labeled, weak and strong
+    model = nn.Sequential(nn.BatchNorm1d(2, affine=False))
+    create_algorithm("fixmatch", 2, 3).step(model, make_batch(), ctx())
+    assert model[0].num_batches_tracked.item() == 2  # a no-grad weak pass, then labeled + strong

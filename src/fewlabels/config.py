@@ -76,6 +76,12 @@ class OptimConfig:
     grad_clip: float | None = None
     """Clip the gradient norm to this value; None disables clipping."""
 
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, f"optim.lr must be positive, got {self.lr}")
+        _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check(self.grad_clip is None or self.grad_clip > 0, f"optim.grad_clip must be positive, got {self.grad_clip}")
+
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
@@ -126,6 +132,20 @@ class TrainConfig:
     tensorboard: bool = False
     """Also write TensorBoard logs (needs the tensorboard package)."""
 
+    def __post_init__(self) -> None:
+        for name in (
+            "batch_size",
+            "unlabeled_ratio",
+            "eval_every",
+            "eval_last_k",
+            "log_every",
+            "checkpoint_every",
+            "eval_batch_size",
+        ):
+            _check(getattr(self, name) >= 1, f"train.{name} must be at least 1, got {getattr(self, name)}")
+        _check(self.steps is None or self.steps >= 1, f"train.steps must be at least 1, got {self.steps}")
+        _check(0.0 <= self.ema < 1.0, f"train.ema must be in [0, 1), got {self.ema}; 0.999 is the usual value")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -171,6 +191,11 @@ class Config:
     def to_yaml(self) -> str:
         """The resolved config as YAML."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from fewlabels.algorithms.base import ALGORITHMS, Algorithm, Batch, StepContext, StepOutput, Views, forward
 from fewlabels.algorithms.common import masked_cross_entropy
 from fewlabels.algorithms.thresholds import FixedThreshold
+from fewlabels.errors import ConfigError
 
 
 @ALGORITHMS.register("fixmatch")
@@ -19,14 +20,27 @@ class FixMatch(Algorithm):
 
     q are the weak-view probabilities, computed without gradient. FlexMatch, FreeMatch and SoftMatch keep this loss
     and change only `weights` (the per-sample mask or weight).
+
+    By default the weak view gets its own no-grad pass (cheaper: no activations kept for it), so BatchNorm
+    normalises it with its own batch statistics. `concat_forward=True` instead runs one train-mode pass over
+    [labeled, weak, strong], as the official code does, so all three share BatchNorm statistics.
     """
 
     views = Views(labeled=("weak",), unlabeled=("weak", "strong"))
 
     def __init__(
-        self, num_classes: int, num_unlabeled: int = 0, *, threshold: float = 0.95, lambda_u: float = 1.0
+        self,
+        num_classes: int,
+        num_unlabeled: int = 0,
+        *,
+        threshold: float = 0.95,
+        lambda_u: float = 1.0,
+        concat_forward: bool = False,
     ) -> None:
         super().__init__(num_classes, num_unlabeled)
+        self.concat_forward = concat_forward
+        if not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"threshold is a probability in [0, 1], got {threshold}")
         self.threshold = threshold
         self.lambda_u = lambda_u
         self.mask_fn: Any = FixedThreshold(threshold)
@@ -41,9 +55,14 @@ class FixMatch(Algorithm):
 
     def step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         assert batch.unlabeled is not None
-        with torch.no_grad():
-            probs = model(batch.unlabeled["weak"]).float().softmax(-1)
-        logits_l, logits_s = forward(model, batch.labeled["weak"], batch.unlabeled["strong"])
+        x_l, u_w, u_s = batch.labeled["weak"], batch.unlabeled["weak"], batch.unlabeled["strong"]
+        if self.concat_forward:
+            logits_l, logits_w, logits_s = forward(model, x_l, u_w, u_s)
+            probs = logits_w.detach().float().softmax(-1)
+        else:
+            with torch.no_grad():
+                probs = model(u_w).float().softmax(-1)
+            logits_l, logits_s = forward(model, x_l, u_s)
         pseudo = probs.argmax(-1)
         weight = self.weights(probs, batch.unlabeled.index, ctx)
         loss_l = F.cross_entropy(logits_l.float(), batch.labeled.y)

@@ -22,6 +22,9 @@ class FlexMatch(FixMatch):
         threshold: float = 0.95,
         lambda_u: float = 1.0,
         threshold_warmup: bool = True,
+        concat_forward: bool = False,
     ) -> None:
-        super().__init__(num_classes, num_unlabeled, threshold=threshold, lambda_u=lambda_u)
+        super().__init__(
+            num_classes, num_unlabeled, threshold=threshold, lambda_u=lambda_u, concat_forward=concat_forward
+        )
         self.mask_fn = CurriculumThreshold(num_unlabeled, num_classes, threshold, warmup=threshold_warmup)

@@ -42,8 +42,9 @@ class FreeMatch(FixMatch):
         lambda_u: float = 1.0,
         lambda_fair: float = 0.01,
         momentum: float = 0.999,
+        concat_forward: bool = False,
     ) -> None:
-        super().__init__(num_classes, num_unlabeled, lambda_u=lambda_u)
+        super().__init__(num_classes, num_unlabeled, lambda_u=lambda_u, concat_forward=concat_forward)
         self.lambda_fair = lambda_fair
         self.mask_fn = SelfAdaptiveThreshold(num_classes, momentum)
 

@@ -23,6 +23,7 @@ class SoftMatch(FixMatch):
         momentum: float = 0.999,
         n_sigma: float = 2.0,
         uniform_alignment: bool = True,
+        concat_forward: bool = False,
     ) -> None:
-        super().__init__(num_classes, num_unlabeled, lambda_u=lambda_u)
+        super().__init__(num_classes, num_unlabeled, lambda_u=lambda_u, concat_forward=concat_forward)
         self.mask_fn = TruncatedGaussianWeight(num_classes, momentum, n_sigma, align=uniform_alignment)

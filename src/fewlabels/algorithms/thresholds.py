@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fewlabels.errors import ConfigError
+
 Gather = Callable[[Tensor], Tensor]
 
 
@@ -65,7 +67,7 @@ class CurriculumThreshold:
         confidence, pseudo = probs.max(-1)
         beta = self.class_beta().to(probs.device)[pseudo]
         mask = (confidence >= self.threshold * beta / (2.0 - beta)).float()
-        # The memory is updated after masking, from every rank's samples, as in the reference.
+        # The memory is updated after masking (TorchSSL's order), from every rank's samples.
         all_conf, all_pseudo, all_index = gather(confidence), gather(pseudo), gather(index)
         keep = all_conf >= self.threshold
         self.selected[all_index[keep].cpu()] = all_pseudo[keep].cpu()
@@ -77,8 +79,9 @@ class CurriculumThreshold:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         selected = torch.as_tensor(state["selected"], dtype=torch.long)
         if selected.shape != self.selected.shape:
-            raise ValueError(
-                f"FlexMatch memory holds {selected.numel()} samples, this pool has {self.selected.numel()}"
+            raise ConfigError(
+                f"the FlexMatch memory in the checkpoint holds {selected.numel()} samples but this unlabeled pool has "
+                f"{self.selected.numel()}: resume with the run's own data and split, or start a new --out"
             )
         self.selected = selected.clone()
 

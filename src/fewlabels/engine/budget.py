@@ -9,8 +9,9 @@ class BudgetPlanner:
     """Plans the total step count from measured step and evaluation times, and re-plans as they drift.
 
     Re-planning matters on shared machines: a step that took 0.2 s during calibration may take 0.4 s later.
-    Each re-plan moves the end of the cosine schedule a little; the planned count is saved in checkpoints and
-    the final count in summary.json, so `--steps N` reproduces a budgeted run exactly.
+    Each re-plan moves the end of the cosine schedule a little (by more than 2% only), so a budgeted run is not
+    bit-reproducible; `--steps N` with the final count from summary.json gives a reproducible run of the same
+    length. Time spent loading data before the first step is not counted.
     """
 
     calibration_steps = 12  # the first 3 are not timed: allocator and cache warm-up

@@ -74,6 +74,11 @@ class Run:
         """What `save_model` recorded about the model."""
         path = self.path / f"{which}.json"
         if not path.exists():
+            if which == "best" and self.summary:
+                raise ConfigError(
+                    f"{self.path} had no validation set, so no best model was kept: use --which model, "
+                    "or train with --val-per-class N"
+                )
             raise ConfigError(f"{self.path} has no {which}.safetensors yet: the run has not finished")
         return json.loads(path.read_text())
 

@@ -15,7 +15,7 @@ from fewlabels.augment import Augmenter
 from fewlabels.config import Config, resolve_config
 from fewlabels.data import DataBundle, Split, check_unlabeled, load_dataset, make_split
 from fewlabels.engine import checkpoint as ckpt
-from fewlabels.engine.distributed import DistInfo, per_rank
+from fewlabels.engine.distributed import DistInfo, gather_objects, per_rank
 from fewlabels.engine.ema import ModelEMA
 from fewlabels.engine.sampler import InfiniteSampler
 from fewlabels.engine.schedule import build_optimizer
@@ -146,6 +146,7 @@ def build_context(cfg: Config, info: DistInfo, resume: bool) -> Context:
     if channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
     ema = ModelEMA(raw_model, cfg.train.ema)
+    torch.manual_seed(cfg.train.seed * 1000 + 1 + info.rank)  # per-rank dropout and other model noise
     model: nn.Module = raw_model
     if cfg.train.compile:
         model = torch.compile(model)
@@ -155,7 +156,9 @@ def build_context(cfg: Config, info: DistInfo, resume: bool) -> Context:
 
     autocast_dtype, scaler = None, None
     if cfg.train.amp and device.type == "cuda":
-        autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # Native bf16 needs compute capability 8 (Ampere); older GPUs only emulate it, slowly: use fp16 there.
+        native_bf16 = torch.cuda.get_device_capability(device)[0] >= 8
+        autocast_dtype = torch.bfloat16 if native_bf16 else torch.float16
         if autocast_dtype == torch.float16:
             scaler = torch.amp.GradScaler("cuda")
 
@@ -200,9 +203,9 @@ def context_state(ctx: Context, step: int, total: int, extra: dict[str, Any]) ->
         "ema_updates": ctx.ema.updates,
         "optimizer": ctx.optimizer.state_dict(),
         "algorithm": ctx.algorithm.state_dict(),
-        "augmenter": ctx.augmenter.state_dict(),
+        # Per-rank random streams (augmentation, dropout), gathered so that every rank resumes its own.
+        "rank_rng": gather_objects(_rank_rng(ctx), ctx.info),
         "labeled_sampler": ctx.labeled.state_dict(),
-        "torch_rng": torch.get_rng_state(),
         **extra,
     }
     if ctx.unlabeled is not None:
@@ -219,10 +222,26 @@ def restore_context(ctx: Context, state: dict[str, Any]) -> None:
     ctx.ema.updates = int(state["ema_updates"])
     ctx.optimizer.load_state_dict(state["optimizer"])
     ctx.algorithm.load_state_dict(state["algorithm"])
-    ctx.augmenter.load_state_dict(state["augmenter"])
+    ranks = state["rank_rng"]
+    if len(ranks) != ctx.info.world_size:
+        raise ConfigError(
+            f"the checkpoint was written by {len(ranks)} process(es), this run has {ctx.info.world_size}: "
+            "resume with the same number of processes"
+        )
+    mine = ranks[ctx.info.rank]
+    ctx.augmenter.load_state_dict(mine["augmenter"])
+    torch.set_rng_state(mine["torch"].cpu())
+    if "cuda" in mine and ctx.device.type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda"].cpu(), ctx.device)
     ctx.labeled.load_state_dict(state["labeled_sampler"])
     if ctx.unlabeled is not None:
         ctx.unlabeled.load_state_dict(state["unlabeled_sampler"])
-    torch.set_rng_state(state["torch_rng"].cpu())
     if ctx.scaler is not None and "scaler" in state:
         ctx.scaler.load_state_dict(state["scaler"])
+
+
+def _rank_rng(ctx: Context) -> dict[str, Any]:
+    rng = {"augmenter": ctx.augmenter.state_dict(), "torch": torch.get_rng_state()}
+    if ctx.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(ctx.device)
+    return rng

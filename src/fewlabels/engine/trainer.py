@@ -20,7 +20,14 @@ from fewlabels.algorithms import Batch, BatchPart, StepContext
 from fewlabels.config import Config, parse_duration, resolve_config
 from fewlabels.engine import checkpoint as ckpt
 from fewlabels.engine.budget import BudgetPlanner
-from fewlabels.engine.distributed import DistInfo, all_gather_cat, broadcast_int, cleanup, init_distributed
+from fewlabels.engine.distributed import (
+    DistInfo,
+    all_gather_cat,
+    all_ranks_agree,
+    broadcast_int,
+    cleanup,
+    init_distributed,
+)
 from fewlabels.engine.evaluate import accuracy, confusion_matrix, per_class_accuracy, predict_logits
 from fewlabels.engine.monitor import MetricsLogger, PseudoMonitor
 from fewlabels.engine.run import Run, save_model
@@ -87,8 +94,9 @@ def _train_step(ctx: Context, step: int, total: int) -> tuple[dict[str, float], 
     ctx.model.train()
     with amp:
         out = ctx.algorithm.step(ctx.model, batch, step_ctx)
-    if not torch.isfinite(out.loss.detach()).item():
-        return {"loss": float(out.loss.detach())}, None, None
+    finite = all_ranks_agree(bool(torch.isfinite(out.loss.detach()).item()), ctx.info, ctx.device)
+    if not finite:  # every rank stops together, none waits in a gradient all-reduce
+        return {"loss": float("nan")}, None, None
     ctx.optimizer.zero_grad(set_to_none=True)
     if ctx.scaler is not None:
         ctx.scaler.scale(out.loss).backward()
@@ -173,9 +181,14 @@ def _loop(ctx: Context, resume: bool) -> Run:
         logs, pseudo, index = _train_step(ctx, step, total if total is not None else 10**9)
         if not math.isfinite(logs["loss"]):
             bar.close()
+            kept = (
+                f"the last good checkpoint (step {last_good}) is kept in {ctx.folder}"
+                if last_good > 0
+                else "no checkpoint was written yet"
+            )
             raise TrainingDiverged(
-                f"the loss became {logs['loss']} at step {step}; the last good checkpoint (step {last_good}) is kept "
-                f"in {ctx.folder}: lower --lr, enable --set optim.grad_clip=1.0, or check the data for NaNs"
+                f"the loss became {logs['loss']} at step {step}; {kept}: lower --lr, "
+                "set --set optim.grad_clip=1.0, or check the data for NaNs"
             )
         step += 1
         if pseudo is not None and index is not None:
@@ -210,10 +223,12 @@ def _loop(ctx: Context, resume: bool) -> Run:
                 best_val = row["val_accuracy"]
                 save_model(ctx.folder, ctx.ema.module, ctx.bundle, cfg, name="best")
             logger.write({**row, "kind": "eval"})
-        if total is not None and (step % t.checkpoint_every == 0 or step == total) and info.is_main:
+        if total is not None and (step % t.checkpoint_every == 0 or step == total):
             wall = wall_before + time.perf_counter() - start
             extra = {"test_history": history, "wall_seconds": wall, "best_val": best_val}
-            ckpt.save_checkpoint(ctx.folder, context_state(ctx, step, total, extra))
+            state = context_state(ctx, step, total, extra)  # on every rank: it gathers per-rank RNG states
+            if info.is_main:
+                ckpt.save_checkpoint(ctx.folder, state)
             last_good = step
     bar.close()
     logger.close()
