@@ -22,7 +22,7 @@ fashion-mnist:
 	fi
 
 demo: $(STAMP) fashion-mnist
-	$(PY) examples/demo.py
+	$(PY) examples/demo.py --results benchmarks/results/demo.md
 
 test: $(STAMP) fashion-mnist
 	$(VENV)/bin/ruff check src tests benchmarks examples

@@ -7,8 +7,11 @@ python examples/demo.py --dataset digits --labels-per-class 4 --budget 30s
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from pathlib import Path
+
+import torch
 
 import fewlabels
 
@@ -20,6 +23,7 @@ def main() -> None:
     p.add_argument("--budget", default="2m", help="wall-clock budget of each of the two runs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/demo")
+    p.add_argument("--results", help="also write the table as markdown to this file")
     args = p.parse_args()
 
     rows = []
@@ -40,19 +44,26 @@ def main() -> None:
         )
         rows.append((algorithm, run.summary))
 
-    print()
-    print(f"| {'algorithm':10s} | labels | steps | test accuracy | median of last evals | wall (s) |")
-    print(f"|{'-' * 12}|--------|-------|---------------|----------------------|----------|")
+    lines = [
+        f"| {'algorithm':10s} | labels | steps | test accuracy | median of last evals | wall (s) |",
+        f"|{'-' * 12}|--------|-------|---------------|----------------------|----------|",
+    ]
     for algorithm, s in rows:
-        print(
+        lines.append(
             f"| {algorithm:10s} | {s['num_labels']:6d} | {s['steps']:5d} | {100 * s['test_accuracy']:12.1f}% "
             f"| {100 * s['test_accuracy_median_last']:19.1f}% | {s['wall_seconds']:8.0f} |"
         )
     gain = 100 * (rows[1][1]["test_accuracy"] - rows[0][1]["test_accuracy"])
-    print(
-        f"\nFixMatch {'gains' if gain >= 0 else 'loses'} {abs(gain):.1f} points over labels only. "
-        f"Run folders: {args.out}/ (see `fewlabels evaluate {args.out}/fixmatch`)."
-    )
+    verdict = f"gains {gain:.1f} points over" if gain >= 0 else f"is {-gain:.1f} points below"
+    lines.append(f"\nFixMatch {verdict} labels-only training.")
+    table = "\n".join(lines)
+    print("\n" + table + f"\nRun folders: {args.out}/ (see `fewlabels evaluate {args.out}/fixmatch`).")
+    if args.results:
+        header = (
+            f"# make demo\n\n{args.dataset}, {args.labels_per_class} labels per class, seed {args.seed}, "
+            f"budget {args.budget} per run, {os.cpu_count()} CPU cores, torch {torch.__version__}.\n\n"
+        )
+        Path(args.results).write_text(header + table + "\n")
 
 
 if __name__ == "__main__":
