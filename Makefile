@@ -22,7 +22,7 @@ fashion-mnist:
 	fi
 
 demo: $(STAMP) fashion-mnist
-	$(PY) examples/demo.py --results benchmarks/results/demo.md
+	$(PY) examples/demo.py --results runs/demo/table.md
 
 test: $(STAMP) fashion-mnist
 	$(VENV)/bin/ruff check src tests benchmarks examples
