@@ -41,6 +41,34 @@ FIELDS = [
 ]
 
 
+def cell_key(dataset: str, lpc: object, algorithm: str, seed: object, budget: str) -> tuple[str, ...]:
+    """Identifies a cell across sessions: rows already in the results CSV are not trained again."""
+    return (
+        dataset,
+        str(lpc or "all"),
+        algorithm if lpc not in (None, "all") else "supervised (all labels)",
+        str(seed),
+        budget,
+    )
+
+
+def load_rows(stem: Path) -> dict[tuple[str, ...], dict]:
+    """Rows of an earlier (possibly partial) run of the same protocol, keyed by cell."""
+    path = Path(f"{stem}.csv")
+    if not path.exists():
+        return {}
+    rows = {}
+    with path.open(newline="") as f:
+        for r in csv.DictReader(f):
+            for k in ("num_labels", "steps"):
+                r[k] = int(r[k])
+            for k in ("wall_seconds", "test_accuracy", "test_accuracy_median_last"):
+                r[k] = float(r[k])
+            r["val_accuracy"] = float(r["val_accuracy"]) if r["val_accuracy"] else None
+            rows[cell_key(r["dataset"], r["labels_per_class"], r["algorithm"], r["seed"], r["budget"])] = r
+    return rows
+
+
 def run_cell(workdir: Path, dataset: str, lpc: int | None, algorithm: str, seed: int, budget: str) -> dict:
     """Train one cell unless its summary exists; return its result row."""
     name = f"{dataset}-{lpc or 'all'}-{algorithm}-s{seed}-{budget}"
@@ -99,6 +127,7 @@ def write_report(rows: list[dict], args: argparse.Namespace, wall: float, stem: 
         f"torch {torch.__version__}.",
         f"Budget {args.budget} of wall-clock per run (the schedule is fitted to it); seeds {args.seeds}; "
         f"default model and augmentation of each dataset; total wall time {wall / 60:.0f} min.",
+        "Cells finished in earlier sessions are read back from the CSV; the wall time counts this session only.",
         "Test accuracy (%) of the final EMA model, mean ± std over seeds; 'median-last' is the median of the last "
         "5 evaluations. Nothing is selected on the test set.",
         "",
@@ -107,7 +136,7 @@ def write_report(rows: list[dict], args: argparse.Namespace, wall: float, stem: 
     ]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["dataset"], r["labels_per_class"], r["algorithm"]), []).append(r)
+        groups.setdefault((r["dataset"], str(r["labels_per_class"]), r["algorithm"]), []).append(r)
     for (dataset, lpc, algorithm), rs in groups.items():
         num = rs[0].get("num_labels")
         lines.append(
@@ -134,20 +163,21 @@ def main() -> None:
     args = p.parse_args()
     parse_duration(args.budget)
     workdir = Path(args.workdir)
-    started = time.perf_counter()
-    rows = []
-    for setting in args.settings:
-        dataset, lpc = setting.split(":")
-        for algorithm in args.algorithms:
-            for seed in args.seeds:
-                rows.append(run_cell(workdir, dataset, int(lpc), algorithm, seed, args.budget))
-                write_report(rows, args, time.perf_counter() - started, RESULTS / f"accuracy{args.tag}")
-    if not args.no_ceiling:
-        for dataset in dict.fromkeys(s.split(":")[0] for s in args.settings):
-            for seed in args.seeds:
-                rows.append(run_cell(workdir, dataset, None, "supervised", seed, args.budget))
+    stem = RESULTS / f"accuracy{args.tag}"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    print(write_report(rows, args, time.perf_counter() - started, RESULTS / f"accuracy{args.tag}"))
+    done = load_rows(stem)  # the protocol can be spread over several sessions
+    started = time.perf_counter()
+    cells = [(d, int(lpc), a) for d, lpc in (s.split(":") for s in args.settings) for a in args.algorithms]
+    if not args.no_ceiling:
+        cells += [(d, None, "supervised") for d in dict.fromkeys(s.split(":")[0] for s in args.settings)]
+    rows = list(done.values())
+    for dataset, lpc, algorithm in cells:
+        for seed in args.seeds:
+            if cell_key(dataset, lpc, algorithm, seed, args.budget) in done:
+                continue
+            rows.append(run_cell(workdir, dataset, lpc, algorithm, seed, args.budget))
+            write_report(rows, args, time.perf_counter() - started, stem)
+    print(write_report(rows, args, time.perf_counter() - started, stem))
 
 
 if __name__ == "__main__":
