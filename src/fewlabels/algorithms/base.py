@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import difflib
 import inspect
 from collections.abc import Callable
@@ -92,7 +93,7 @@ def forward(model: nn.Module, *inputs: Tensor) -> tuple[Tensor, ...]:
     return tuple(logits.split([x.shape[0] for x in inputs]))
 
 
-class Algorithm:
+class Algorithm(abc.ABC):
     """Base class: subclasses set `views`, take their options as keyword arguments and implement `step`."""
 
     views: ClassVar[Views] = Views()
@@ -102,9 +103,9 @@ class Algorithm:
         self.num_classes = num_classes
         self.num_unlabeled = num_unlabeled
 
+    @abc.abstractmethod
     def step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         """Compute the loss of one training step from model outputs."""
-        raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
         """State kept across steps (tensors and plain values), for checkpoints."""
