@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from fewlabels.algorithms import ALGORITHMS, Algorithm, create_algorithm
@@ -117,7 +118,12 @@ def build_context(cfg: Config, info: DistInfo, resume: bool) -> Context:
     prepare_folder(cfg, folder, resume, info)
 
     d = cfg.data
+    first = info.enabled and d.download  # rank 0 downloads alone, the others then read its files
+    if first and not info.is_main:
+        dist.barrier()
     bundle = load_dataset(d.dataset, root=d.data_root, download=d.download, strict=d.strict, image_size=d.image_size)
+    if first and info.is_main:
+        dist.barrier()
     split_path = folder / "split.json"
     if resume and split_path.exists():
         split = Split.load(split_path)
