@@ -40,7 +40,7 @@ def evaluate(run: str | Path | Run, which: str = "model") -> dict[str, Any]:
 
 def load_inputs(inputs: list[str], input_shape: tuple[int, ...]) -> tuple[list[str], torch.Tensor]:
     """Read prediction inputs: image files or folders, a .csv with a `path` column, or a .npz with `x`."""
-    from fewlabels.data.formats import IMAGE_EXTENSIONS, _ImageReader
+    from fewlabels.data.formats import IMAGE_EXTENSIONS, ImageReader
 
     names: list[str] = []
     arrays: list[np.ndarray] = []
@@ -64,7 +64,7 @@ def load_inputs(inputs: list[str], input_shape: tuple[int, ...]) -> tuple[list[s
     if paths:
         if len(input_shape) != 3:
             raise DataError("this model takes vectors: give a .npz with an array x of shape (N, D)")
-        reader = _ImageReader(strict=True, image_size=None)
+        reader = ImageReader(strict=True, image_size=None)
         images = []
         for path in paths:
             arr = reader.read(path)

@@ -43,7 +43,7 @@ def sort_class_names(names: Iterable[str]) -> list[str]:
 
 
 @dataclass
-class _ImageReader:
+class ImageReader:
     """Decodes images one by one, remembering the unreadable ones instead of failing on the first."""
 
     strict: bool
@@ -151,7 +151,7 @@ def load_image_folder(path: str | Path, strict: bool = False, image_size: int | 
     if not classes:
         raise DataError(f"{labeled_dir} has no class folders: put labeled images in labeled/<class name>/")
     index = {c: i for i, c in enumerate(classes)}
-    reader = _ImageReader(strict=strict, image_size=image_size)
+    reader = ImageReader(strict=strict, image_size=image_size)
     ignored: list[Path] = []
     groups: dict[str, list[np.ndarray]] = {}
     labels: dict[str, list[int]] = {}
@@ -287,7 +287,7 @@ def load_csv_manifest(path: str | Path, strict: bool = False, image_size: int | 
                 "add labeled training examples of it or fix the label"
             )
 
-    image_reader = _ImageReader(strict=strict, image_size=image_size)
+    image_reader = ImageReader(strict=strict, image_size=image_size)
     groups: dict[str, list[np.ndarray]] = {s: [] for s in _SPLITS}
     labels: dict[str, list[int]] = {s: [] for s in _SPLITS}
     for line, file, label, split in entries:
