@@ -120,7 +120,8 @@ def _train_step(ctx: Context, step: int, total: int) -> tuple[dict[str, float], 
     return logs, out.pseudo, index
 
 
-def _evaluate(ctx: Context, model: nn.Module) -> dict[str, Any]:
+def _evaluate(ctx: Context, model: nn.Module, keep_test_logits: bool = False) -> dict[str, Any]:
+    """Validation and test accuracy; with keep_test_logits the test logits too (for per-class figures)."""
     b, t = ctx.bundle, ctx.cfg.train
     kwargs = dict(
         batch_size=t.eval_batch_size,
@@ -133,7 +134,10 @@ def _evaluate(ctx: Context, model: nn.Module) -> dict[str, Any]:
     if x_val is not None and len(x_val):
         out["val_accuracy"] = accuracy(predict_logits(model, x_val, **kwargs), y_val)
     if b.x_test is not None and b.y_test is not None:
-        out["test_accuracy"] = accuracy(predict_logits(model, b.x_test, **kwargs), b.y_test)
+        logits = predict_logits(model, b.x_test, **kwargs)
+        out["test_accuracy"] = accuracy(logits, b.y_test)
+        if keep_test_logits:
+            out["test_logits"] = logits
     return out
 
 
@@ -254,7 +258,7 @@ def _hidden_labels(ctx: Context) -> Tensor:
 def _finish(ctx: Context, step: int, wall: float, history: list[float]) -> None:
     cfg, b = ctx.cfg, ctx.bundle
     save_model(ctx.folder, ctx.ema.module, b, cfg, name="model")
-    final = _evaluate(ctx, ctx.ema.module)
+    final = _evaluate(ctx, ctx.ema.module, keep_test_logits=True)
     summary: dict[str, Any] = {
         "algorithm": cfg.algorithm.name,
         "dataset": cfg.data.dataset,
@@ -272,14 +276,8 @@ def _finish(ctx: Context, step: int, wall: float, history: list[float]) -> None:
         "world_size": ctx.info.world_size,
         "skipped_files": len(b.skipped_files),
     }
-    if b.x_test is not None and b.y_test is not None:
-        logits = predict_logits(
-            ctx.ema.module,
-            b.x_test,
-            cfg.train.eval_batch_size,
-            ctx.device,
-            channels_last=cfg.train.channels_last and b.modality == "image",
-        )
+    if "test_logits" in final:
+        logits = final["test_logits"]
         summary["per_class_test_accuracy"] = per_class_accuracy(logits, b.y_test, b.num_classes)
         summary["confusion_matrix"] = confusion_matrix(logits, b.y_test, b.num_classes)
     if b.skipped_files:
