@@ -39,7 +39,9 @@ def blobs_npz(path, n=120, unlabeled=60, seed=0, bad_label=None):
 def test_listings(capsys):
     code, out, _ = run_cli(capsys, "algorithms")
     assert code == 0
-    for name in ("supervised", "pseudo_label", "fixmatch", "flexmatch", "freematch", "softmatch"):
+    for name in ("supervised", "pseudo_label", "fixmatch", "flexmatch", "freematch", "softmatch", "pi_model"):
+        assert name in out
+    for name in ("mean_teacher", "temporal_ensembling", "vat", "mixmatch", "remixmatch", "uda"):
         assert name in out
     assert "threshold=0.95" in out
     assert "wrn28_2" in run_cli(capsys, "models")[1]
@@ -187,3 +189,36 @@ def test_corrupt_images_skipped_or_strict(tmp_path, capsys):
         code, _, err = run_cli(capsys, "train", "--dataset", str(root), "--out", str(tmp_path / "ok"), *FAST)
     assert code == 0, err
     assert json.loads((tmp_path / "ok" / "summary.json").read_text())["skipped_files"] == 1
+
+
+def test_benchmark_and_report_commands(tmp_path, capsys):
+    npz = blobs_npz(tmp_path / "blobs.npz")
+    out = tmp_path / "bench"
+    args = ["benchmark", "--out", str(out), "--dataset", str(npz), "--algorithms", "pseudo_label"]
+    args += ["--labels-per-class", "2", "4", "--seeds", "0", "--steps", "6", "--batch-size", "6"]
+    args += ["--unlabeled-ratio", "2", "--eval-every", "3", "--val-per-class", "2", "--no-progress"]
+    code, text, err = run_cli(capsys, *args, "--option", "pseudo_label.threshold=0.5", "--set", "train.ema=0.9")
+    assert code == 0, err
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    cells = sorted((r["algorithm"], r["labels_per_class"]) for r in rows)
+    assert cells == [
+        ("pseudo_label", "2"),
+        ("pseudo_label", "4"),
+        ("supervised", "2"),
+        ("supervised", "4"),
+        ("supervised", "all"),
+    ]
+    assert "| supervised (labels only) |" in text and (out / "accuracy_vs_labels.png").exists()
+    cell = out / "runs" / "pseudo_label-2-s0" / "config.yaml"
+    assert "threshold: 0.5" in cell.read_text() and "ema: 0.9" in cell.read_text()
+    assert "steps: 6" in (out / "runs" / "supervised-4-s0" / "config.yaml").read_text()
+    code, _, err = run_cli(capsys, *args[:7], "fixmatc", "--labels-per-class", "2")
+    assert code == 2 and "fixmatch" in err and len(err.strip().splitlines()) == 1
+
+    run = out / "runs" / "pseudo_label-4-s0"
+    code, text, err = run_cli(capsys, "report", str(run), "--format", "md")
+    assert code == 0, err
+    report = run / "report" / "report.md"
+    assert str(report) in text and "pseudo_label" in report.read_text()
+    code, _, err = run_cli(capsys, "report", str(tmp_path))
+    assert code == 2 and "run folder" in err

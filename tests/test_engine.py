@@ -90,8 +90,11 @@ def test_same_seed_same_result_different_seed_different(tmp_path):
     assert json.loads((a.path / "split.json").read_text()) == json.loads((b.path / "split.json").read_text())
 
 
-def test_killed_run_resumes_to_the_identical_model(tmp_path, monkeypatch):
-    full = fewlabels.train(**tiny(tmp_path, "full", **{"algorithm.name": "flexmatch"}))
+# Algorithm state of each kind: FlexMatch's per-sample memory, Temporal Ensembling's ensemble, ReMixMatch's
+# alignment buffer and rotation head, Mean Teacher's EMA teacher, VAT's random directions (global RNG).
+@pytest.mark.parametrize("algorithm", ["flexmatch", "temporal_ensembling", "remixmatch", "mean_teacher", "vat"])
+def test_killed_run_resumes_to_the_identical_model(tmp_path, monkeypatch, algorithm):
+    full = fewlabels.train(**tiny(tmp_path, "full", **{"algorithm.name": algorithm}))
     real_step = trainer._train_step
 
     def dying_step(ctx, step, total):
@@ -100,7 +103,7 @@ def test_killed_run_resumes_to_the_identical_model(tmp_path, monkeypatch):
         return real_step(ctx, step, total)
 
     monkeypatch.setattr(trainer, "_train_step", dying_step)
-    cfg = tiny(tmp_path, "killed", **{"algorithm.name": "flexmatch"})
+    cfg = tiny(tmp_path, "killed", **{"algorithm.name": algorithm})
     with pytest.raises(KeyboardInterrupt):
         fewlabels.train(**cfg)
     assert json.loads((tmp_path / "killed" / "checkpoint.json").read_text())["state"]

@@ -64,6 +64,51 @@ def _train_parser(sub: Any) -> None:
     )
 
 
+def _benchmark_parser(sub: Any) -> None:
+    from fewlabels.benchmark import GRID_KEYS
+
+    p = sub.add_parser(
+        "benchmark",
+        help="train algorithms x labels per class x seeds on one dataset; write results.csv, report.md and a plot",
+    )
+    p.add_argument("--out", required=True, help="benchmark folder (resumable): runs/, results.csv, report.md, plot")
+    p.add_argument("--dataset", required=True, help="built-in name, image folder, .csv manifest or .npz file")
+    p.add_argument(
+        "--algorithms",
+        nargs="+",
+        required=True,
+        help="algorithms to compare (see `fewlabels algorithms`); supervised is always included",
+    )
+    p.add_argument("--labels-per-class", nargs="+", type=int, required=True, help="label budgets, e.g. 4 10 25")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of every cell (default: 0 1 2)")
+    p.add_argument("--config", help="YAML file of the shared config")
+    for flag, (key, typ, text) in TRAIN_FLAGS.items():
+        if key not in GRID_KEYS:
+            p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None, help=text)
+    for flag, (_, text) in SWITCHES.items():
+        p.add_argument("--" + flag, dest=flag, action="store_true", default=None, help=text)
+    p.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a shared config key, e.g. --set train.ema=0.99",
+    )
+    p.add_argument(
+        "--option",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="ALGORITHM.OPTION=VALUE",
+        help="an option of one algorithm, e.g. --option fixmatch.threshold=0.9",
+    )
+    p.add_argument("--no-ceiling", action="store_true", help="skip the supervised runs on all labels")
+    p.add_argument("--jobs", "-j", type=int, default=1, help="cells trained at once, each in its own process")
+    p.add_argument("--no-progress", action="store_true", help="hide progress output")
+    p.add_argument("--report-only", action="store_true", help="rewrite the report from finished runs; train nothing")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="fewlabels", description="Semi-supervised learning from a few labels.")
@@ -77,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files or folders, a .csv with a path column, or a .npz with x")
     p.add_argument("--which", default="model", choices=["model", "best"])
     p.add_argument("--output", "-o", help="CSV file to write (default: standard output)")
+    _benchmark_parser(sub)
+    p = sub.add_parser("report", help="write a report of a run: curves, confusion matrix, pseudo-labels, config")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--format", dest="fmt", default="html", choices=["html", "md"], help="HTML (self-contained) or md")
+    p.add_argument("--out", help="folder for the report and its figures (default: RUN/report)")
     sub.add_parser("algorithms", help="list the algorithms and their options")
     sub.add_parser("models", help="list the models")
     sub.add_parser("datasets", help="list the built-in datasets")
@@ -130,6 +180,46 @@ def _cmd_train(args: argparse.Namespace) -> None:
         print(f"run folder: {run.path}")
 
 
+def _cmd_benchmark(args: argparse.Namespace) -> None:
+    from fewlabels.benchmark import GRID_KEYS, parse_algorithm_options, run_benchmark, write_benchmark_report
+    from fewlabels.config import parse_assignment
+
+    if args.report_only:
+        result = write_benchmark_report(args.out)
+    else:
+        overrides: dict[str, Any] = {}
+        for flag, (key, _, _) in TRAIN_FLAGS.items():
+            if key not in GRID_KEYS and getattr(args, flag, None) is not None:
+                overrides[key] = getattr(args, flag)
+        overrides.update({key: True for flag, (key, _) in SWITCHES.items() if getattr(args, flag, None)})
+        if "train.budget" in overrides:
+            overrides.setdefault("train.steps", None)
+        for text in args.assignments:
+            key, value = parse_assignment(text)
+            overrides[key] = value
+        result = run_benchmark(
+            args.out,
+            dataset=args.dataset,
+            algorithms=args.algorithms,
+            labels_per_class=args.labels_per_class,
+            seeds=args.seeds,
+            config=args.config,
+            overrides=overrides,
+            algorithm_options=parse_algorithm_options(args.options),
+            ceiling=not args.no_ceiling,
+            jobs=args.jobs,
+            progress=not args.no_progress,
+        )
+    print(result.report_md.read_text())
+    print(f"benchmark folder: {result.out}")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from fewlabels.report import write_report
+
+    print(f"report: {write_report(args.run, out=args.out, fmt=args.fmt)}")
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from fewlabels.api import evaluate
 
@@ -158,7 +248,7 @@ def _cmd_list(args: argparse.Namespace) -> None:
 
         for name, doc in describe_algorithms():
             opts = ", ".join(f"{k}={v}" for k, v in algorithm_options(name).items()) or "-"
-            print(f"{name:14s} {doc}\n{'':14s} options: {opts}")
+            print(f"{name:20s} {doc}\n{'':20s} options: {opts}")
     elif args.command == "models":
         from fewlabels.models import describe_models
 
@@ -175,14 +265,21 @@ def _cmd_list(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `fewlabels` console script."""
     args = build_parser().parse_args(argv)
-    handlers = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict}
+    handlers = {
+        "train": _cmd_train,
+        "evaluate": _cmd_evaluate,
+        "predict": _cmd_predict,
+        "benchmark": _cmd_benchmark,
+        "report": _cmd_report,
+    }
     try:
         handlers.get(args.command, _cmd_list)(args)
     except FewLabelsError as exc:
         print(f"fewlabels: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("fewlabels: interrupted; resume with the same command plus --resume", file=sys.stderr)
+        again = "the same command" if args.command == "benchmark" else "the same command plus --resume"
+        print(f"fewlabels: interrupted; resume with {again}", file=sys.stderr)
         return 130
     return 0
 

@@ -1,6 +1,20 @@
 """Semi-supervised algorithms, one file each, registered by name in ALGORITHMS."""
 
-from fewlabels.algorithms import fixmatch, flexmatch, freematch, pseudo_label, softmatch, supervised  # noqa: F401
+from fewlabels.algorithms import (  # noqa: F401  (importing registers each algorithm)
+    fixmatch,
+    flexmatch,
+    freematch,
+    mean_teacher,
+    mixmatch,
+    pi_model,
+    pseudo_label,
+    remixmatch,
+    softmatch,
+    supervised,
+    temporal_ensembling,
+    uda,
+    vat,
+)
 from fewlabels.algorithms.base import (
     ALGORITHMS,
     Algorithm,

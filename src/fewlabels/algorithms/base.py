@@ -66,6 +66,9 @@ class StepContext:
     all_gather: Callable[[Tensor], Tensor] = field(default=lambda t: t)
     """Concatenate a tensor across DDP ranks along dim 0 (identity in one process); use before updating
     dataset-level statistics so every rank keeps identical state."""
+    ema: nn.Module | None = None
+    """The engine's EMA of the model (the model that is evaluated and saved), in eval mode, without gradients.
+    Mean Teacher uses it as its teacher."""
 
     @property
     def progress(self) -> float:
@@ -94,9 +97,13 @@ def forward(model: nn.Module, *inputs: Tensor) -> tuple[Tensor, ...]:
 
 
 class Algorithm(abc.ABC):
-    """Base class: subclasses set `views`, take their options as keyword arguments and implement `step`."""
+    """Base class: subclasses set `views`, take their options as keyword arguments and implement `step`.
 
-    views: ClassVar[Views] = Views()
+    `views` is a class attribute; an instance may replace it when an option changes the number of views
+    (MixMatch's K weak views, ReMixMatch's strong views).
+    """
+
+    views: Views = Views()
     needs_unlabeled: ClassVar[bool] = True
 
     def __init__(self, num_classes: int, num_unlabeled: int = 0) -> None:
@@ -106,6 +113,13 @@ class Algorithm(abc.ABC):
     @abc.abstractmethod
     def step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         """Compute the loss of one training step from model outputs."""
+
+    def extend_model(self, model: nn.Module) -> None:
+        """Add what the algorithm trains besides the classifier (e.g. an auxiliary head) to `model`.
+
+        Called once, before the model is moved to its device and the optimizer, EMA and DDP wrapper are made.
+        """
+        return None  # most algorithms train the classifier alone
 
     def state_dict(self) -> dict[str, Any]:
         """State kept across steps (tensors and plain values), for checkpoints."""

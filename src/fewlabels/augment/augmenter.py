@@ -11,7 +11,14 @@ from fewlabels.augment.policies import strong, to_float, vector_strong, vector_w
 from fewlabels.errors import ConfigError
 
 VIEWS: tuple[str, ...] = ("none", "weak", "strong")
-"""View names an Augmenter makes: 'none' (to_float only), 'weak' and 'strong'."""
+"""View names an Augmenter makes: 'none' (to_float only), 'weak' and 'strong'. A digit suffix ('weak2', 'strong3')
+names another independent draw of the same policy, for algorithms that need several views of one kind."""
+
+
+def view_policy(view: str) -> str:
+    """The policy behind a view name: 'strong2' -> 'strong'."""
+    return view.rstrip("0123456789")
+
 
 MODALITIES: tuple[str, ...] = ("image", "vector")
 
@@ -62,8 +69,12 @@ class Augmenter:
 
     def __call__(self, x: Tensor, view: str) -> Tensor:
         """Return the named view of batch `x` as float32 on x's device."""
+        view = view_policy(view)
         if view not in VIEWS:
-            raise ConfigError(f"unknown augmentation view {view!r}; valid views are {', '.join(VIEWS)}")
+            raise ConfigError(
+                f"unknown augmentation view {view!r}; valid views are {', '.join(VIEWS)} (optionally with a digit "
+                "suffix such as 'strong2' for another draw)"
+            )
         if view == "none":
             return to_float(x)
         gen = self.generator(x.device)

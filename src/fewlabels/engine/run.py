@@ -31,7 +31,9 @@ def save_model(folder: Path, model: nn.Module, bundle: Any, cfg: Config, name: s
         "modality": bundle.modality,
     }
     tmp = folder / f".{name}.safetensors.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    # Auxiliary training heads (heads.*) are not part of the deployed classifier.
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith("heads.")}
+    save_file(weights, str(tmp))
     tmp.replace(folder / f"{name}.safetensors")
     atomic_write_text(folder / f"{name}.json", json.dumps(meta, indent=2))
 

@@ -147,7 +147,9 @@ def build_context(cfg: Config, info: DistInfo, resume: bool) -> Context:
         dropout=cfg.model.dropout,
         pretrained=cfg.model.pretrained,
         **cfg.model.options,
-    ).to(device)
+    )
+    probe.extend_model(raw_model)  # auxiliary heads (ReMixMatch's rotation head) before the optimizer sees them
+    raw_model = raw_model.to(device)
     channels_last = cfg.train.channels_last and bundle.modality == "image"
     if channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)

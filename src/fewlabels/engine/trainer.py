@@ -59,7 +59,7 @@ def _local(positions: Tensor, info: DistInfo) -> Tensor:
 
 
 def _next_batch(ctx: Context) -> Batch:
-    algo_views = type(ctx.algorithm).views
+    algo_views = ctx.algorithm.views
     view = (lambda x, v: ctx.augmenter(x, v)) if ctx.cfg.data.augment else (lambda x, v: ctx.augmenter(x, "none"))
     channels_last = ctx.cfg.train.channels_last and ctx.bundle.modality == "image"
 
@@ -89,7 +89,13 @@ def _train_step(ctx: Context, step: int, total: int) -> tuple[dict[str, float], 
     data_time = time.perf_counter() - tick
 
     set_lr(ctx.optimizer, ctx.cfg.optim.lr * lr_factor(step, total, ctx.cfg.optim))
-    step_ctx = StepContext(step=step, total_steps=total, num_classes=ctx.bundle.num_classes, all_gather=all_gather_cat)
+    step_ctx = StepContext(
+        step=step,
+        total_steps=total,
+        num_classes=ctx.bundle.num_classes,
+        all_gather=all_gather_cat,
+        ema=ctx.ema.module,
+    )
     amp = torch.autocast(ctx.device.type, dtype=ctx.autocast_dtype) if ctx.autocast_dtype else nullcontext()
     ctx.model.train()
     with amp:

@@ -78,7 +78,11 @@ def _stats(what: str, values: Sequence[float] | None, n: int, default: float) ->
 
 
 class Classifier(nn.Module):
-    """Normalise -> backbone -> dropout -> `classifier`; `features(x)` gives the penultimate (N, F) output."""
+    """Normalise -> backbone -> dropout -> `classifier`; `features(x)` gives the penultimate (N, F) output.
+
+    Algorithms may add auxiliary heads on the same features (`add_head`, e.g. ReMixMatch's rotation head); they are
+    trained and checkpointed with the model but left out of the saved model that evaluation and prediction load.
+    """
 
     def __init__(
         self,
@@ -99,11 +103,26 @@ class Classifier(nn.Module):
         self.backbone = backbone
         self.dropout = nn.Dropout(dropout)
         self.classifier = classifier
+        self.heads = nn.ModuleDict()
+
+    def add_head(self, name: str, out_features: int) -> nn.Linear:
+        """Add a linear head on the penultimate features; `forward(x, with_heads=True)` returns its outputs."""
+        if name in self.heads:
+            raise ValueError(f"the model already has a head named {name!r}")
+        head = nn.Linear(self.num_features, out_features)
+        self.heads[name] = head
+        return head
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features (N, F) of inputs on the [0, 1] scale (before dropout)."""
         return self.backbone(self.normalize(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (N, num_classes)."""
-        return self.classifier(self.dropout(self.features(x)))
+    def forward(
+        self, x: torch.Tensor, with_heads: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits (N, num_classes); with `with_heads`, also each auxiliary head's outputs by name."""
+        feats = self.dropout(self.features(x))
+        logits = self.classifier(feats)
+        if not with_heads:
+            return logits
+        return logits, {name: head(feats) for name, head in self.heads.items()}
