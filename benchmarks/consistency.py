@@ -16,10 +16,13 @@ benchmarks/results/consistency/.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import statistics
 from pathlib import Path
 
-from fewlabels.benchmark import run_benchmark, write_benchmark_report
+from fewlabels.benchmark import read_results, run_benchmark, write_benchmark_report
+from fewlabels.io import atomic_write_text
 
 ALGORITHMS = [
     "pi_model",
@@ -33,6 +36,44 @@ ALGORITHMS = [
     "temporal_ensembling",
 ]
 HERE = Path(__file__).parent
+DIAGNOSTICS = ["pseudo_accuracy", "mask", "loss_l", "loss_u", "agreement"]
+
+
+def diagnostics(workdir: Path) -> str:
+    """Measured training signals per (algorithm, labels per class), means over seeds of each run's last log window:
+    how often the unlabeled targets are right, how much of the unlabeled batch is used, and the losses."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in read_results(workdir / "results.csv"):
+        metrics = [json.loads(line) for line in (workdir / row["run"] / "metrics.jsonl").read_text().splitlines()]
+        train_rows = [m for m in metrics if m.get("kind") != "eval"]
+        evals = [m for m in metrics if m.get("kind") == "eval"]
+        last = dict(train_rows[-1]) if train_rows else {}
+        if len(evals) >= 2:  # test accuracy gained over the last 40% of training: still rising or flat
+            last["late_gain"] = evals[-1]["test_accuracy"] - evals[len(evals) * 3 // 5 - 1]["test_accuracy"]
+        groups.setdefault((row["algorithm"], str(row["labels_per_class"])), []).append(last)
+    cols = [*DIAGNOSTICS, "late_gain"]
+    lines = [
+        "# Training signals at the end of each run (means over seeds)",
+        "",
+        "pseudo_accuracy: accuracy of the unlabeled targets, weighted by their mask (the pool's true labels are "
+        "known for Fashion-MNIST and used for this monitoring only); mask: mean weight of the unlabeled batch; "
+        "loss_l / loss_u: labeled and unlabeled loss of the last log window; agreement: Mean Teacher's "
+        "student-teacher argmax agreement; late_gain: test accuracy gained between the evaluation at 60% of the "
+        "steps and the last one (points; > 0 means still improving when the budget ran out).",
+        "",
+        "| algorithm | labels/class | " + " | ".join(cols) + " |",
+        "|---|---|" + "---|" * len(cols),
+    ]
+    order = sorted(groups, key=lambda k: (k[0], int(k[1]) if k[1].isdigit() else 10**9))
+    for algorithm, lpc in order:
+        rows = groups[(algorithm, lpc)]
+        cells = []
+        for col in cols:
+            values = [r[col] for r in rows if isinstance(r.get(col), int | float)]
+            scale = 100 if col == "late_gain" else 1
+            cells.append(f"{scale * statistics.mean(values):.3g}" if values else "")
+        lines.append(f"| {algorithm} | {lpc} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -73,6 +114,7 @@ def main() -> None:
     results.mkdir(parents=True, exist_ok=True)
     for path in (result.results_csv, result.report_md, result.plot_png):
         shutil.copyfile(path, results / path.name)
+    atomic_write_text(results / "diagnostics.md", diagnostics(Path(args.workdir)))
     print(result.report_md.read_text())
 
 
