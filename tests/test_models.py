@@ -246,3 +246,142 @@ def test_listing() -> None:
     assert [n for n, _ in described] == list_models()
     assert all(desc and "\n" not in desc for _, desc in described)
     assert len(MODELS) == len(list_models())
+
+
+# Stochastic depth (`drop_path`): residual models only.
+RESIDUAL = ["resnet18", "wrn28_2"]  # wrn28_8 shares wrn28_2's code and is too slow to run here
+
+
+def _stochastic_depth_modules(model: nn.Module) -> list[torchvision.ops.StochasticDepth]:
+    return [m for m in model.modules() if isinstance(m, torchvision.ops.StochasticDepth)]
+
+
+def _train_with_frozen_bn(model: nn.Module) -> nn.Module:
+    """Train mode except BatchNorm, so that stochastic depth is the only source of train/eval differences."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return model
+
+
+def test_survival_probabilities_decay_linearly() -> None:
+    from fewlabels.models.base import drop_path_rates, survival_probabilities
+
+    for blocks in (1, 8, 12):
+        survival = survival_probabilities(blocks, 0.2)
+        assert len(survival) == blocks
+        # Huang et al.: p_l = 1 - (l / L) * (1 - p_L) with p_L = 0.8.
+        expected = [1 - (layer / blocks) * (1 - 0.8) for layer in range(1, blocks + 1)]
+        assert survival == pytest.approx(expected)
+        assert survival[-1] == pytest.approx(0.8) and drop_path_rates(blocks, 0.2)[-1] == 0.2
+        assert survival[0] == pytest.approx(1 - 0.2 / blocks)
+        steps = [a - b for a, b in zip(survival, survival[1:], strict=False)]
+        assert steps == pytest.approx([0.2 / blocks] * (blocks - 1))
+    assert survival_probabilities(12, 0.0) == [1.0] * 12
+    # The blocks of the built models get exactly these rates, input to output.
+    wrn = create_model("wrn28_2", 10, (3, 8, 8), drop_path=0.2)
+    assert [m.p for m in _stochastic_depth_modules(wrn)] == drop_path_rates(12, 0.2)
+    res = create_model("resnet18", 10, (3, 8, 8), drop_path=0.2)
+    assert [m.p for m in _stochastic_depth_modules(res)] == drop_path_rates(8, 0.2)
+    assert all(m.mode == "row" for m in _stochastic_depth_modules(res))
+    assert not _stochastic_depth_modules(create_model("resnet18", 10, (3, 8, 8)))
+
+
+@pytest.mark.parametrize("name", RESIDUAL)
+def test_drop_path_keeps_weights_and_eval_output(name: str) -> None:
+    plain = create_model(name, 5, (3, 16, 16))
+    noisy = create_model(name, 5, (3, 16, 16), drop_path=0.5)
+    assert list(noisy.state_dict()) == list(plain.state_dict())
+    assert sum(p.numel() for p in noisy.parameters()) == sum(p.numel() for p in plain.parameters())
+    noisy.load_state_dict(plain.state_dict())
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(noisy.eval()(x), plain.eval()(x))
+    # And back: a model trained with stochastic depth loads into one without it.
+    plain.load_state_dict(noisy.state_dict())
+
+
+@pytest.mark.parametrize("name", RESIDUAL)
+def test_drop_path_is_random_in_training_only(name: str) -> None:
+    x = torch.rand(2, 3, 8, 8)
+    noisy = _train_with_frozen_bn(create_model(name, 5, (3, 8, 8), drop_path=0.5))
+    plain = _train_with_frozen_bn(create_model(name, 5, (3, 8, 8), drop_path=0.0))
+    with torch.no_grad():
+        assert not torch.allclose(noisy(x), noisy(x))
+        torch.testing.assert_close(plain(x), plain(x))
+        # The same seed gives the same drops.
+        torch.manual_seed(1)
+        first = noisy(x)
+        torch.manual_seed(1)
+        torch.testing.assert_close(noisy(x), first)
+
+
+@pytest.mark.parametrize("name", RESIDUAL)
+def test_drop_path_drops_each_sample_independently(name: str) -> None:
+    model = _train_with_frozen_bn(create_model(name, 5, (3, 16, 16), drop_path=0.5))
+    last = _stochastic_depth_modules(model)[-1]
+    assert last.p == 0.5
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    last.register_forward_hook(lambda _m, inputs, output: seen.append((inputs[0], output)))
+    with torch.no_grad():
+        model(torch.rand(16, 3, 16, 16))
+    (branch,), (out,) = [b for b, _ in seen], [o for _, o in seen]
+    dropped = [i for i in range(16) if not out[i].any()]
+    kept = [i for i in range(16) if i not in dropped]
+    # Per sample, not per batch: some branches are dropped and the others are scaled by 1 / survival.
+    assert dropped and kept
+    torch.testing.assert_close(out[kept], branch[kept] / 0.5)
+    assert branch[dropped].abs().sum() > 0
+
+
+def test_drop_path_trains() -> None:
+    model = create_model("resnet18", 5, (3, 8, 8), drop_path=0.3).train()
+    logits = model(torch.rand(4, 3, 8, 8))
+    (logits * torch.randn_like(logits)).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_drop_path_with_pretrained_resnet18(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = torchvision.models.resnet18(weights=None).state_dict()
+    fake["layer4.1.conv2.weight"] = torch.randn_like(fake["layer4.1.conv2.weight"])
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", lambda *a, **k: fake)
+    model = create_model("resnet18", 4, (3, 32, 32), pretrained=True, drop_path=0.2)
+    torch.testing.assert_close(model.backbone.layer4[1].conv2.weight, fake["layer4.1.conv2.weight"])
+    assert model.backbone.layer4[1].drop_path.p == 0.2
+    assert model.options == {"drop_path": 0.2, "stem": "imagenet"}
+
+
+@pytest.mark.parametrize("name", ["cnn", "mlp"])
+def test_drop_path_needs_a_residual_model(name: str) -> None:
+    with pytest.raises(ConfigError, match=rf"'drop_path' is not an option of model '{name}'.*residual model.*wrn28_2"):
+        create_model(name, 10, (1, 16, 16), drop_path=0.2)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, 1.5, float("nan"), "0.2", True, None])
+def test_drop_path_out_of_range(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"drop_path .*\[0, 1\)"):
+        create_model("wrn28_2", 10, (3, 8, 8), drop_path=value)
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        create_model("resnet18", 10, (3, 8, 8), drop_path=value)
+
+
+def test_drop_path_survives_the_model_json_round_trip() -> None:
+    import json
+
+    model = create_model("WRN28-2", 3, (3, 8, 8), drop_path=0.2)
+    assert model.name == "wrn28_2" and model.options == {"drop_path": 0.2}
+    info = json.loads(json.dumps({"model": model.name, "options": model.options}))
+    rebuilt = create_model(info["model"], 3, (3, 8, 8), **info["options"])
+    rebuilt.load_state_dict(model.state_dict())
+    assert rebuilt.options == model.options
+    assert [m.p for m in _stochastic_depth_modules(rebuilt)] == [m.p for m in _stochastic_depth_modules(model)]
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(x), model.eval()(x))
+
+
+def test_options_do_not_rename_the_model() -> None:
+    # The option loop once reused the variable holding the model's name.
+    assert create_model("resnet18", 10, (3, 8, 8), stem="cifar", drop_path=0.1).name == "resnet18"
+    assert create_model("mlp", 10, (4,), norm="layer").name == "mlp"

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from fewlabels.config import Config, parse_assignment, parse_duration, resolve_config
+from fewlabels.engine.stage import read_summary, resumable
 from fewlabels.engine.trainer import train
 from fewlabels.errors import ConfigError, FewLabelsError
 from fewlabels.io import atomic_write_bytes, atomic_write_text
@@ -430,24 +431,6 @@ def _subprocess_threads(jobs: int) -> int:
     return int(given) if given.isdigit() and int(given) > 0 else max(1, _cpu_count() // jobs)
 
 
-def _read_summary(folder: Path) -> dict[str, Any] | None:
-    path = folder / "summary.json"
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return summary if isinstance(summary, dict) else None
-
-
-def _resumable(folder: Path) -> bool:
-    from fewlabels.engine.checkpoint import has_checkpoint
-
-    try:
-        return (folder / "config.yaml").is_file() and has_checkpoint(folder)
-    except (OSError, ValueError, KeyError, TypeError):  # a broken checkpoint.json
-        return False
-
-
 def _row(dataset: str, cell: Cell, summary: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "dataset": dataset,
@@ -672,7 +655,7 @@ def write_benchmark_report(out: str | Path) -> BenchmarkResult:
     meta = load_benchmark(out)
     rows, missing = [], []
     for cell in (Cell.from_json(c) for c in meta["cells"]):
-        summary = _read_summary(out / "runs" / cell.name)
+        summary = read_summary(out / "runs" / cell.name)
         if summary is None:
             missing.append(cell.name)
         else:
@@ -703,7 +686,7 @@ def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 def _prepare_cell(folder: Path, cfg: Config) -> bool:
     """Get a cell folder ready; return True to resume it from its checkpoint, False to train it afresh."""
-    if _resumable(folder):
+    if resumable(folder):
         resume = True
     else:
         if folder.exists():
@@ -884,7 +867,7 @@ def run_benchmark(
     skipped, trained, resumed = [], [], []
     for cell in cells:
         folder = runs / cell.name
-        if _read_summary(folder) is not None:
+        if read_summary(folder) is not None:
             skipped.append(cell.name)
             continue
         resume = _prepare_cell(folder, configs[cell])

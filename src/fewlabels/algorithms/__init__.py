@@ -1,11 +1,13 @@
 """Semi-supervised algorithms, one file each, registered by name in ALGORITHMS."""
 
 from fewlabels.algorithms import (  # noqa: F401  (importing registers each algorithm)
+    distill,
     fixmatch,
     flexmatch,
     freematch,
     mean_teacher,
     mixmatch,
+    noisy_student,
     pi_model,
     pseudo_label,
     remixmatch,

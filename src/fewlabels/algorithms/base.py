@@ -121,6 +121,14 @@ class Algorithm(abc.ABC):
         """
         return None  # most algorithms train the classifier alone
 
+    def unlabeled_pool(self, default: list[int]) -> list[int]:
+        """Training-set rows the unlabeled sampler draws from; `batch.unlabeled.index` holds positions in this list.
+
+        Default: the split's unlabeled pool. Noisy Student draws from its filtered, class-balanced pseudo-labeled
+        rows instead (with repeats).
+        """
+        return default
+
     def state_dict(self) -> dict[str, Any]:
         """State kept across steps (tensors and plain values), for checkpoints."""
         return {}

@@ -176,7 +176,12 @@ def build_context(cfg: Config, info: DistInfo, resume: bool) -> Context:
     labeled = InfiniteSampler(torch.from_numpy(np.array(split.labeled)), t.batch_size, seed=t.seed + 1)
     unlabeled = None
     if type(probe).needs_unlabeled:
-        pool = torch.from_numpy(np.array(split.unlabeled))
+        pool = torch.as_tensor(np.array(probe.unlabeled_pool(list(split.unlabeled))), dtype=torch.long)
+        if len(pool) == 0 or int(pool.min()) < 0 or int(pool.max()) >= len(bundle.x_train):
+            raise ConfigError(
+                f"algorithm {cfg.algorithm.name!r} asked for an unlabeled pool outside the training set "
+                f"(rows 0..{len(bundle.x_train) - 1}) or an empty one: check its inputs"
+            )
         unlabeled = InfiniteSampler(pool, t.batch_size * t.unlabeled_ratio, t.seed + 2)
     return Context(
         cfg=cfg,

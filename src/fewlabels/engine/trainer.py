@@ -258,6 +258,8 @@ def _trim_metrics(path: Path, step: int) -> None:
 
 def _hidden_labels(ctx: Context) -> Tensor:
     """The unlabeled pool's true labels where known (built-in datasets), else -1: for monitoring only."""
+    if ctx.unlabeled is not None:
+        return ctx.bundle.y_train.cpu()[ctx.unlabeled.pool.cpu()]
     return ctx.bundle.y_train[torch.from_numpy(np.array(ctx.split.unlabeled))].cpu()
 
 

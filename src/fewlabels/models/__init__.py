@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from fewlabels.errors import ConfigError
 from fewlabels.models import cnn, mlp, resnet, wideresnet  # noqa: F401  (importing registers the models)
-from fewlabels.models.base import IMAGENET_MEAN, IMAGENET_STD, MODELS, Classifier, Normalize
+from fewlabels.models.base import IMAGENET_MEAN, IMAGENET_STD, MODELS, Classifier, Normalize, check_drop_path
 
 __all__ = ["MODELS", "Classifier", "Normalize", "create_model", "describe_models", "list_models"]
 
@@ -31,6 +31,13 @@ def create_model(
     mean/std are given, normalises with ImageNet's statistics, which those weights expect. `options` go to the
     model's factory (e.g. mlp's `norm`, resnet18's `stem`); the model records them in `model.options` so that
     it can be rebuilt from a checkpoint without downloading anything.
+
+    `drop_path` (residual models only: wrn28_2, wrn28_8, resnet18) is stochastic depth (Huang et al. 2016), the
+    model noise of Noisy Student: in training each residual block drops its branch per sample, the last block with
+    probability `drop_path` and block l of L with (l / L) * drop_path (linear decay); it must be in [0, 1), 0 is
+    off (the default), and Noisy Student's "survival probability 0.8 for the last block" is drop_path=0.2. It adds
+    no parameters, so weights load with or without it; eval mode is unaffected. cnn and mlp have no residual
+    blocks and refuse it.
     """
     factory = MODELS.get(name)
     key = next(k for k in MODELS.names() if MODELS.get(k) is factory)
@@ -45,11 +52,18 @@ def create_model(
         raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
     params = inspect.signature(factory).parameters
     valid = [k for k in params if k not in ("num_classes", "input_shape", "pretrained")]
-    for key in options:
-        if key not in valid:
+    for option in options:
+        if option not in valid:
+            hint = ""
+            if option == "drop_path":
+                residual = [n for n in MODELS.names() if "drop_path" in inspect.signature(MODELS.get(n)).parameters]
+                hint = f"; stochastic depth needs a residual model ({', '.join(residual)})"
             raise ConfigError(
-                f"{key!r} is not an option of model {name!r}: its options are {', '.join(valid) or 'none'}"
+                f"{option!r} is not an option of model {key!r}: its options are {', '.join(valid) or 'none'}{hint}"
             )
+    if "drop_path" in options:
+        # Checked before anything is built or downloaded, and stored as a plain float for model.json.
+        options = {**options, "drop_path": check_drop_path(options["drop_path"])}
     if pretrained and "stem" in params and options.get("stem", "auto") == "auto":
         options = {**options, "stem": "imagenet"}  # pretrained kernels need the stem they were trained with
     kwargs: dict[str, object] = {"num_classes": classes, "input_shape": input_shape, **options}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torchvision.ops import StochasticDepth
 
 from fewlabels.errors import ConfigError, DataError
 from fewlabels.registry import Registry
@@ -19,6 +21,46 @@ MODELS: Registry[ModelFactory] = Registry("model")
 # torchvision's ImageNet statistics, used with pretrained weights when the caller gives no mean/std.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def drop_path_rates(num_blocks: int, drop_path: float) -> list[float]:
+    """Per-block drop probabilities of stochastic depth with the linear-decay rule (Huang et al. 2016).
+
+    Block l of L (1-based, input to output) is dropped with probability (l / L) * drop_path, i.e. it survives
+    with probability 1 - (l / L) * (1 - p_L) where p_L = 1 - drop_path is the last block's survival: the first
+    block is almost always kept and the last one is dropped with probability `drop_path`. `drop_path` must be in
+    [0, 1); 0 gives all zeros (stochastic depth off).
+    """
+    drop_path = check_drop_path(drop_path)
+    if num_blocks < 1:
+        raise ValueError(f"num_blocks must be positive, got {num_blocks}")
+    # l / L is exactly 1.0 for the last block, so it gets exactly `drop_path`.
+    return [drop_path * (layer / num_blocks) for layer in range(1, num_blocks + 1)]
+
+
+def survival_probabilities(num_blocks: int, drop_path: float) -> list[float]:
+    """Per-block survival probabilities, `1 - drop_path_rates(num_blocks, drop_path)`; the last is 1 - drop_path."""
+    return [1.0 - rate for rate in drop_path_rates(num_blocks, drop_path)]
+
+
+def check_drop_path(drop_path: object) -> float:
+    """Return `drop_path` as a float, or raise a ConfigError unless it is a real number in [0, 1)."""
+    if isinstance(drop_path, bool) or not isinstance(drop_path, numbers.Real) or not 0.0 <= float(drop_path) < 1.0:
+        raise ConfigError(
+            f"drop_path (stochastic depth: drop probability of the last residual block) must be a number "
+            f"in [0, 1), got {drop_path!r}"
+        )
+    return float(drop_path)
+
+
+def residual_drop(p: float) -> StochasticDepth:
+    """Stochastic depth for one residual branch, dropped with probability `p` per sample.
+
+    In training each sample's branch output is zeroed with probability `p` and otherwise scaled by 1 / (1 - p);
+    in eval mode, or when p = 0, it is the identity. It has no parameters or buffers, so a model's state_dict
+    keys are the same with and without it.
+    """
+    return StochasticDepth(p, mode="row")
 
 
 def image_shape(model: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:

@@ -1,0 +1,133 @@
+"""Distillation as function matching: the teacher is fixed (eval mode, no gradient) and sees exactly the student's
+input; the four modes of the paper's ablation; a short run compresses a CNN teacher into an MLP student."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import fewlabels
+from fewlabels.algorithms import Batch, BatchPart, StepContext, create_algorithm
+from fewlabels.algorithms.common import kl_divergence
+from fewlabels.errors import ConfigError
+
+FAST = {"train.progress": False, "train.batch_size": 32, "train.unlabeled_ratio": 4, "train.log_every": 50}
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A CNN trained on every digits label: the model to compress."""
+    out = tmp_path_factory.mktemp("teacher")
+    return fewlabels.train(
+        **FAST,
+        **{"data.dataset": "digits", "algorithm.name": "supervised", "train.steps": 300, "out": str(out)},
+    )
+
+
+class Spy(nn.Module):
+    """Records every input it sees; logits are a fixed linear map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+        self.linear = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        return self.linear(x.flatten(1))
+
+
+def batch(views: dict[str, torch.Tensor]) -> Batch:
+    labeled = BatchPart({"weak": torch.rand(2, 1, 8, 8)}, y=torch.tensor([0, 1]))
+    return Batch(labeled=labeled, unlabeled=BatchPart(views, index=torch.arange(len(next(iter(views.values()))))))
+
+
+def ctx() -> StepContext:
+    return StepContext(step=0, total_steps=10, num_classes=10)
+
+
+def with_spy_teacher(algo) -> Spy:
+    spy = Spy()
+    algo.teacher_model = spy
+    return spy
+
+
+def test_function_matching_feeds_the_same_mixed_image_to_both(teacher):
+    algo = create_algorithm("distill", 10, 6, teacher=str(teacher.path))
+    spy_t, student = with_spy_teacher(algo), Spy()
+    u = torch.rand(6, 1, 8, 8)
+    torch.manual_seed(0)
+    out = algo.step(student, batch({"weak": u}), ctx())
+    assert len(spy_t.seen) == 1 and torch.equal(spy_t.seen[0], student.seen[0])
+    assert not torch.equal(student.seen[0], u)  # mixed with MixUp, lam ~ Uniform(0, 1)
+    assert not spy_t.training  # the teacher runs in eval mode
+    out.loss.backward()
+    assert spy_t.linear.weight.grad is None and student.linear.weight.grad is not None
+    with torch.no_grad():
+        target = spy_t.linear(student.seen[0].flatten(1)).softmax(-1)
+    assert out.loss.item() == pytest.approx(
+        kl_divergence(target, student.linear(student.seen[0].flatten(1))).mean().item(), rel=1e-5
+    )
+
+
+def test_consistent_and_independent_views(teacher):
+    u, u2 = torch.rand(6, 1, 8, 8), torch.rand(6, 1, 8, 8)
+    consistent = create_algorithm("distill", 10, 6, teacher=str(teacher.path), mode="consistent")
+    spy_t, student = with_spy_teacher(consistent), Spy()
+    consistent.step(student, batch({"weak": u}), ctx())
+    assert torch.equal(spy_t.seen[0], u) and torch.equal(student.seen[0], u)  # no MixUp
+    independent = create_algorithm("distill", 10, 6, teacher=str(teacher.path), mode="independent")
+    assert independent.views.unlabeled == ("weak", "weak2")
+    spy_t, student = with_spy_teacher(independent), Spy()
+    independent.step(student, batch({"weak": u, "weak2": u2}), ctx())
+    assert torch.equal(student.seen[0], u) and torch.equal(spy_t.seen[0], u2)
+
+
+def test_fixed_mode_labels_each_sample_once_on_the_unaugmented_image(teacher):
+    algo = create_algorithm("distill", 10, 6, teacher=str(teacher.path), mode="fixed")
+    assert algo.views.unlabeled == ("none", "weak")
+    spy_t = with_spy_teacher(algo)
+    clean, aug = torch.rand(6, 1, 8, 8), torch.rand(6, 1, 8, 8)
+    b = batch({"none": clean, "weak": aug})
+    b.unlabeled.index = torch.tensor([0, 1, 2, 3, 4, 5])
+    algo.step(Spy(), b, ctx())
+    b.unlabeled.index = torch.tensor([4, 5, 0, 1, 2, 3])
+    b.unlabeled.views = {"none": clean[[4, 5, 0, 1, 2, 3]], "weak": aug}
+    algo.step(Spy(), b, ctx())
+    assert len(spy_t.seen) == 1 and torch.equal(spy_t.seen[0], clean)  # cached: no second teacher pass
+    with torch.no_grad():
+        assert torch.allclose(algo.cache, spy_t.linear(clean.flatten(1)).softmax(-1))
+
+
+def test_bad_options_and_changed_teacher_are_refused(teacher, tmp_path):
+    with pytest.raises(ConfigError, match="algorithm.teacher"):
+        create_algorithm("distill", 10, 6)
+    with pytest.raises(ConfigError, match="function_matching"):
+        create_algorithm("distill", 10, 6, teacher=str(teacher.path), mode="cached")
+    with pytest.raises(ConfigError, match="10 classes"):
+        create_algorithm("distill", 3, 6, teacher=str(teacher.path))
+    algo = create_algorithm("distill", 10, 6, teacher=str(teacher.path))
+    with pytest.raises(ConfigError, match="teacher's weights changed"):
+        algo.load_state_dict({"teacher_sha256": "0" * 64})
+    algo.load_state_dict(algo.state_dict())
+
+
+def test_distilling_a_cnn_into_an_mlp_recovers_the_teacher(teacher, tmp_path):
+    common = {**FAST, "data.dataset": "digits", "data.labels_per_class": 2, "train.steps": 300}
+    supervised = fewlabels.train(**common, **{"algorithm.name": "supervised", "out": str(tmp_path / "sup")})
+    student = fewlabels.train(
+        **common,
+        **{
+            "algorithm.name": "distill",
+            "algorithm.teacher": str(teacher.path),
+            "model.name": "mlp",
+            "out": str(tmp_path / "student"),
+        },
+    )
+    t, s, b = (r.summary["test_accuracy"] for r in (teacher, student, supervised))
+    assert t > 0.9
+    assert s > b + 0.1  # the unlabeled images carry the teacher's knowledge; 2 labels per class do not
+    assert s > t - 0.08
+    rows = [r for r in student.metrics() if "agreement" in r]
+    assert rows[-1]["agreement"] > rows[0]["agreement"]
