@@ -131,3 +131,22 @@ def test_distilling_a_cnn_into_an_mlp_recovers_the_teacher(teacher, tmp_path):
     assert s > t - 0.08
     rows = [r for r in student.metrics() if "agreement" in r]
     assert rows[-1]["agreement"] > rows[0]["agreement"]
+
+
+def test_distill_command_inherits_the_teacher_data_and_resumes(teacher, tmp_path, capsys):
+    from fewlabels.cli import main
+    from fewlabels.config import resolve_config
+
+    out = tmp_path / "cli-student"
+    argv = ["distill", str(teacher.path), "--out", str(out), "--model", "mlp", "--mode", "fixed"]
+    argv += ["--steps", "6", "--batch-size", "8", "--unlabeled-ratio", "2", "--no-progress"]
+    assert main(argv) == 0, capsys.readouterr().err
+    cfg = resolve_config(out / "config.yaml")
+    assert cfg.algorithm.name == "distill" and cfg.model.name == "mlp"
+    assert cfg.algorithm.options["mode"] == "fixed"
+    assert cfg.algorithm.options["teacher"] == str(teacher.path.absolute())
+    assert cfg.data.dataset == "digits" and cfg.data.labels_per_class is None  # the teacher's data: every image
+    before = (out / "summary.json").stat().st_mtime_ns
+    assert main(argv) == 0  # a finished stage is not trained again
+    assert (out / "summary.json").stat().st_mtime_ns == before
+    assert main([*argv[:-1], "--steps", "7"]) == 2 and "train.steps: 6 -> 7" in capsys.readouterr().err

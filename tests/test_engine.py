@@ -243,3 +243,32 @@ def test_unknown_names_fail_before_training(tmp_path):
         fewlabels.train(**tiny(tmp_path, "b", **{"data.dataset": "digitz"}))
     with pytest.raises(ConfigError, match="cnn"):
         fewlabels.train(**tiny(tmp_path, "c", **{"model.name": "cnnn"}))
+
+
+def test_run_stage_trains_once_resumes_and_refuses_other_configs(tmp_path, monkeypatch):
+    from fewlabels.engine.stage import run_stage
+
+    cfg = resolve_config(**{k: v for k, v in tiny(tmp_path).items() if k != "out"})
+    folder = tmp_path / "stage"
+    first = run_stage(cfg, folder)
+    weights = load_file(str(first.path / "model.safetensors"))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished stage must not train again")
+
+    monkeypatch.setattr(trainer, "train", no_training)
+    again = run_stage(cfg, folder)  # finished with the same config: returned as is
+    assert again.summary == first.summary
+    with pytest.raises(ConfigError, match="train.seed: 0 -> 1"):
+        run_stage(cfg.override(**{"train.seed": 1}), folder)
+    monkeypatch.undo()
+
+    (folder / "summary.json").unlink()  # as if killed after its last checkpoint
+    resumed = run_stage(cfg, folder)
+    assert all(torch.equal(weights[k], v) for k, v in load_file(str(resumed.path / "model.safetensors")).items())
+    stranger = tmp_path / "not-a-run"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a run folder"):
+        run_stage(cfg, stranger)
+    assert (stranger / "notes.txt").exists()

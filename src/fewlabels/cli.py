@@ -45,15 +45,16 @@ SWITCHES = {
 }
 
 
-def _train_parser(sub: Any) -> None:
-    p = sub.add_parser("train", help="train a model from a few labels plus unlabeled data")
+def _config_flags(p: argparse.ArgumentParser, skip: frozenset[str] = frozenset()) -> None:
+    """--config, the train flags and switches whose config keys are not in `skip`, --no-progress and --set."""
     p.add_argument("--config", help="YAML file of defaults (sections data, model, optim, algorithm, train)")
-    for flag, (_, typ, text) in TRAIN_FLAGS.items():
-        p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None, help=text)
-    for flag, (_, text) in SWITCHES.items():
-        p.add_argument("--" + flag, dest=flag, action="store_true", default=None, help=text)
+    for flag, (key, typ, text) in TRAIN_FLAGS.items():
+        if key not in skip:
+            p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None, help=text)
+    for flag, (key, text) in SWITCHES.items():
+        if key not in skip:
+            p.add_argument("--" + flag, dest=flag, action="store_true", default=None, help=text)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument(
         "--set",
         dest="assignments",
@@ -62,6 +63,12 @@ def _train_parser(sub: Any) -> None:
         metavar="KEY=VALUE",
         help="override any config key, e.g. --set algorithm.threshold=0.9 --set train.ema=0.99",
     )
+
+
+def _train_parser(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a model from a few labels plus unlabeled data")
+    _config_flags(p)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
 
 def _benchmark_parser(sub: Any) -> None:
@@ -81,20 +88,7 @@ def _benchmark_parser(sub: Any) -> None:
     )
     p.add_argument("--labels-per-class", nargs="+", type=int, required=True, help="label budgets, e.g. 4 10 25")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of every cell (default: 0 1 2)")
-    p.add_argument("--config", help="YAML file of the shared config")
-    for flag, (key, typ, text) in TRAIN_FLAGS.items():
-        if key not in GRID_KEYS:
-            p.add_argument("--" + flag.replace("_", "-"), dest=flag, type=typ, default=None, help=text)
-    for flag, (_, text) in SWITCHES.items():
-        p.add_argument("--" + flag, dest=flag, action="store_true", default=None, help=text)
-    p.add_argument(
-        "--set",
-        dest="assignments",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a shared config key, e.g. --set train.ema=0.99",
-    )
+    _config_flags(p, GRID_KEYS)
     p.add_argument(
         "--option",
         dest="options",
@@ -105,8 +99,19 @@ def _benchmark_parser(sub: Any) -> None:
     )
     p.add_argument("--no-ceiling", action="store_true", help="skip the supervised runs on all labels")
     p.add_argument("--jobs", "-j", type=int, default=1, help="cells trained at once, each in its own process")
-    p.add_argument("--no-progress", action="store_true", help="hide progress output")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from finished runs; train nothing")
+
+
+def _distill_parser(sub: Any) -> None:
+    from fewlabels.algorithms.distill import MODES
+
+    p = sub.add_parser(
+        "distill", help="train a (smaller) student to match a finished run's outputs on the images, labels unused"
+    )
+    p.add_argument("teacher", help="the teacher's run folder")
+    p.add_argument("--mode", default="function_matching", choices=MODES, help="distillation variant")
+    p.add_argument("--which", default="model", choices=["model", "best"], help="the teacher's final or best model")
+    _config_flags(p, frozenset({"algorithm.name"}))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--which", default="model", choices=["model", "best"])
     p.add_argument("--output", "-o", help="CSV file to write (default: standard output)")
     _benchmark_parser(sub)
+    _distill_parser(sub)
     p = sub.add_parser("report", help="write a report of a run: curves, confusion matrix, pseudo-labels, config")
     p.add_argument("run", help="run folder")
     p.add_argument("--format", dest="fmt", default="html", choices=["html", "md"], help="HTML (self-contained) or md")
@@ -139,10 +145,10 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
     overrides: dict[str, Any] = {}
     for flag, (key, _, _) in TRAIN_FLAGS.items():
-        if getattr(args, flag) is not None:
+        if getattr(args, flag, None) is not None:
             overrides[key] = getattr(args, flag)
     for flag, (key, _) in SWITCHES.items():
-        if getattr(args, flag):
+        if getattr(args, flag, None):
             overrides[key] = True
     if args.no_progress:
         overrides["train.progress"] = False
@@ -157,46 +163,17 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_train(args: argparse.Namespace) -> None:
     from fewlabels.engine.trainer import train
 
-    run = train(args.config, resume=args.resume, **train_overrides(args))
-    s = run.summary
-    if s and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
-        print(
-            json.dumps(
-                {
-                    k: s[k]
-                    for k in (
-                        "algorithm",
-                        "dataset",
-                        "num_labels",
-                        "steps",
-                        "wall_seconds",
-                        "val_accuracy",
-                        "test_accuracy",
-                        "test_accuracy_median_last",
-                    )
-                }
-            )
-        )
-        print(f"run folder: {run.path}")
+    _print_run(train(args.config, resume=args.resume, **train_overrides(args)))
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> None:
     from fewlabels.benchmark import GRID_KEYS, parse_algorithm_options, run_benchmark, write_benchmark_report
-    from fewlabels.config import parse_assignment
 
     if args.report_only:
         result = write_benchmark_report(args.out)
     else:
-        overrides: dict[str, Any] = {}
-        for flag, (key, _, _) in TRAIN_FLAGS.items():
-            if key not in GRID_KEYS and getattr(args, flag, None) is not None:
-                overrides[key] = getattr(args, flag)
-        overrides.update({key: True for flag, (key, _) in SWITCHES.items() if getattr(args, flag, None)})
-        if "train.budget" in overrides:
-            overrides.setdefault("train.steps", None)
-        for text in args.assignments:
-            key, value = parse_assignment(text)
-            overrides[key] = value
+        # --dataset and --out are the grid's own arguments; the benchmark decides how cells report progress
+        overrides = {k: v for k, v in train_overrides(args).items() if k not in GRID_KEYS}
         result = run_benchmark(
             args.out,
             dataset=args.dataset,
@@ -212,6 +189,34 @@ def _cmd_benchmark(args: argparse.Namespace) -> None:
         )
     print(result.report_md.read_text())
     print(f"benchmark folder: {result.out}")
+
+
+def _print_run(run: Any) -> None:
+    s = run.summary
+    if s and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        keys = ("algorithm", "dataset", "num_labels", "steps", "wall_seconds", "val_accuracy", "test_accuracy")
+        print(json.dumps({k: s[k] for k in (*keys, "test_accuracy_median_last")}))
+        print(f"run folder: {run.path}")
+
+
+def _cmd_distill(args: argparse.Namespace) -> None:
+    from fewlabels.pipelines.distill import distill
+
+    overrides = train_overrides(args)
+    out = overrides.pop("out", None) or f"runs/distill-{args.mode}-{os.path.basename(os.path.normpath(args.teacher))}"
+    dataset = overrides.pop("data.dataset", None)
+    model = overrides.pop("model.name", None)
+    run = distill(
+        args.teacher,
+        out,
+        model=model,
+        mode=args.mode,
+        which=args.which,
+        dataset=dataset,
+        config=args.config,
+        overrides=overrides,
+    )
+    _print_run(run)
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -270,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evaluate": _cmd_evaluate,
         "predict": _cmd_predict,
         "benchmark": _cmd_benchmark,
+        "distill": _cmd_distill,
         "report": _cmd_report,
     }
     try:

@@ -105,6 +105,8 @@ class Algorithm(abc.ABC):
 
     views: Views = Views()
     needs_unlabeled: ClassVar[bool] = True
+    labels_unused: ClassVar[bool] = False
+    """True for algorithms that learn from images alone (distillation): a pool holding only labeled images is fine."""
 
     def __init__(self, num_classes: int, num_unlabeled: int = 0) -> None:
         self.num_classes = num_classes

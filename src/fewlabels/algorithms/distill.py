@@ -38,6 +38,8 @@ class Distill(Algorithm):
     un-augmented image, computed once per sample (the "precomputed teacher labels" baseline).
     """
 
+    labels_unused = True  # the unlabeled pool may be the whole (labeled) training set
+
     def __init__(
         self,
         num_classes: int,

@@ -134,7 +134,7 @@ def build_context(cfg: Config, info: DistInfo, resume: bool) -> Context:
             split.save(split_path)
 
     probe = create_algorithm(cfg.algorithm.name, bundle.num_classes, len(split.unlabeled), **cfg.algorithm.options)
-    check_unlabeled(split, type(probe).needs_unlabeled)
+    check_unlabeled(split, type(probe).needs_unlabeled and not type(probe).labels_unused)
 
     torch.manual_seed(cfg.train.seed)  # the same initialisation on every rank
     mean, std = bundle.channel_stats()
