@@ -114,6 +114,40 @@ def _distill_parser(sub: Any) -> None:
     _config_flags(p, frozenset({"algorithm.name"}))
 
 
+def _pseudo_label_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "pseudo-label",
+        help="label an unlabeled pool with a finished run's model, in shards (streamed; resumable; torchrun-ready)",
+    )
+    p.add_argument("teacher_run", help="the teacher's run folder")
+    p.add_argument("data", help="built-in dataset name, image folder, CSV with a path column, .npz or .npy (N,...)")
+    p.add_argument("--out", required=True, help="folder for manifest.json and shard-NNNNN.safetensors")
+    p.add_argument("--which", default="model", choices=["model", "best"], help="the teacher's final or best model")
+    p.add_argument("--shard-size", type=int, default=10_000, help="items per output file")
+    p.add_argument("--batch-size", type=int, default=512, help="items per forward pass")
+    p.add_argument("--top-k", type=int, default=5, help="probabilities kept per item (plus the remaining mass)")
+    p.add_argument("--full", action="store_true", help="also keep the full probability vectors")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the soft labels")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--data-root", default=None, help="folder with a built-in dataset's files")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _noisy_student_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "noisy-student", help="teacher -> pseudo-labels -> noised student, iterated (each stage a resumable run)"
+    )
+    p.add_argument("--iterations", type=int, default=2, help="students trained one after another")
+    p.add_argument("--student-model", help="the students' model (default: the teacher's; equal or larger)")
+    p.add_argument("--no-noise", action="store_true", help="ablation: no augmentation, dropout or stochastic depth")
+    p.add_argument("--dropout", type=float, default=0.5, help="student dropout before the classifier")
+    p.add_argument("--drop-path", type=float, default=None, help="student stochastic depth (residual models)")
+    p.add_argument("--threshold", type=float, default=0.3, help="keep pseudo-labels whose top probability >= this")
+    p.add_argument("--per-class", type=int, default=None, help="rows per class after balancing (default: median)")
+    p.add_argument("--hard", action="store_true", help="one-hot pseudo-labels instead of soft ones")
+    _config_flags(p, frozenset({"algorithm.name"}))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="fewlabels", description="Semi-supervised learning from a few labels.")
@@ -129,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", help="CSV file to write (default: standard output)")
     _benchmark_parser(sub)
     _distill_parser(sub)
+    _pseudo_label_parser(sub)
+    _noisy_student_parser(sub)
     p = sub.add_parser("report", help="write a report of a run: curves, confusion matrix, pseudo-labels, config")
     p.add_argument("run", help="run folder")
     p.add_argument("--format", dest="fmt", default="html", choices=["html", "md"], help="HTML (self-contained) or md")
@@ -219,6 +255,58 @@ def _cmd_distill(args: argparse.Namespace) -> None:
     _print_run(run)
 
 
+def _cmd_pseudo_label(args: argparse.Namespace) -> None:
+    from fewlabels.pipelines.pseudo_label import pseudo_label
+
+    labels = pseudo_label(
+        args.teacher_run,
+        args.data,
+        args.out,
+        which=args.which,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        top_k=args.top_k,
+        full=args.full,
+        temperature=args.temperature,
+        device=args.device,
+        progress=not args.no_progress,
+        data_root=args.data_root,
+    )
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{labels.num_items} items in {labels.num_shards} shards: {labels.path}")
+
+
+def _cmd_noisy_student(args: argparse.Namespace) -> None:
+    from fewlabels.pipelines.noisy_student import noisy_student
+
+    overrides = train_overrides(args)
+    out = overrides.pop("out", None)
+    if not out:
+        raise FewLabelsError("noisy-student needs --out DIR, the pipeline folder (rerun the same command to resume)")
+    dataset = overrides.pop("data.dataset", None) or "fashion-mnist"
+    labels = overrides.pop("data.labels_per_class", 10)
+    seed = overrides.pop("train.seed", 0)
+    model = overrides.pop("model.name", None)
+    result = noisy_student(
+        out,
+        dataset=dataset,
+        labels_per_class=labels,
+        iterations=args.iterations,
+        seed=seed,
+        config=args.config,
+        overrides=overrides,
+        teacher_model=model,
+        student_model=args.student_model,
+        noise=not args.no_noise,
+        dropout=args.dropout,
+        drop_path=args.drop_path,
+        threshold=args.threshold,
+        per_class=args.per_class,
+        hard=args.hard,
+    )
+    print((result.out / "report.md").read_text())
+
+
 def _cmd_report(args: argparse.Namespace) -> None:
     from fewlabels.report import write_report
 
@@ -276,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "predict": _cmd_predict,
         "benchmark": _cmd_benchmark,
         "distill": _cmd_distill,
+        "pseudo-label": _cmd_pseudo_label,
+        "noisy-student": _cmd_noisy_student,
         "report": _cmd_report,
     }
     try:

@@ -52,7 +52,8 @@ class ModelConfig:
     pretrained: bool = False
     """Load pretrained weights where the model has them (downloads; torchvision models only)."""
     options: Mapping[str, Any] = field(default_factory=dict)
-    """Options of the model's factory, e.g. {norm: layer} for mlp or {stem: cifar} for resnet18."""
+    """Options of the model's factory, e.g. {norm: layer} for mlp, {stem: cifar} for resnet18, or {drop_path: 0.2}
+    (stochastic depth) for wrn28_2, wrn28_8 and resnet18."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,214 @@
+"""The Noisy Student pipeline (Xie et al. 2020): teacher -> pseudo-labels -> noised student, K times.
+
+Each stage is a folder of the pipeline folder, so a killed pipeline resumes where it stopped:
+
+    OUT/teacher/                        supervised run on the labels (label smoothing 0.1)
+    OUT/iter-1/pseudo-labels/           the teacher's soft labels for the training set (eval mode, no augmentation)
+    OUT/iter-1/selection.safetensors    filtered (max prob >= threshold) and class-balanced rows of the unlabeled pool
+    OUT/iter-1/student/                 noisy_student run: RandAugment + dropout (+ stochastic depth), soft targets
+    OUT/iter-2/...                      the student of iteration 1 is the teacher of iteration 2
+    OUT/pipeline.json, OUT/report.md    settings and per-stage test accuracy
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fewlabels.config import Config, resolve_config
+from fewlabels.data import load_dataset
+from fewlabels.data.split import Split
+from fewlabels.engine.run import Run
+from fewlabels.engine.stage import run_stage
+from fewlabels.errors import ConfigError
+from fewlabels.io import atomic_write_text
+from fewlabels.models import MODELS
+
+
+@dataclass
+class NoisyStudentResult:
+    """The pipeline's runs: the teacher, then one student per iteration."""
+
+    out: Path
+    teacher: Run
+    students: list[Run] = field(default_factory=list)
+
+    def accuracies(self) -> list[float]:
+        """Test accuracy of the teacher and of each student, in order."""
+        return [r.summary["test_accuracy"] for r in [self.teacher, *self.students]]
+
+
+def _supports(model: str, option: str) -> bool:
+    return option in inspect.signature(MODELS.get(model)).parameters
+
+
+def _model_settings(base: Config, model: str, noise: bool, dropout: float, drop_path: float | None) -> dict[str, Any]:
+    """Dotted overrides giving the student its model and its model noise."""
+    options = dict(base.model.options)
+    options.pop("drop_path", None)
+    if noise:
+        path = 0.2 if drop_path is None and _supports(model, "drop_path") else (drop_path or 0.0)
+        if path > 0:
+            if not _supports(model, "drop_path"):
+                raise ConfigError(
+                    f"stochastic depth (drop_path={path}) needs a residual student model (wrn28_2, wrn28_8, "
+                    f"resnet18), not {model!r}: choose one or set drop_path=0"
+                )
+            options["drop_path"] = path
+    return {"model.name": model, "model.dropout": dropout if noise else 0.0, "model.options": options}
+
+
+def noisy_student(
+    out: str | Path,
+    *,
+    dataset: str = "fashion-mnist",
+    labels_per_class: int | None = 10,
+    iterations: int = 2,
+    seed: int = 0,
+    config: str | Path | Mapping[str, Any] | Config | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    teacher_model: str | None = None,
+    student_model: str | None = None,
+    noise: bool = True,
+    dropout: float = 0.5,
+    drop_path: float | None = None,
+    threshold: float = 0.3,
+    per_class: int | None = None,
+    hard: bool = False,
+    batch_size: int = 512,
+) -> NoisyStudentResult:
+    """Run (or resume) the Noisy Student pipeline in `out` and return its runs.
+
+    `config` plus dotted `overrides` (e.g. {'train.steps': 2000}) are the training settings of every stage. The
+    teacher trains on the labels alone; each iteration pseudo-labels the training set with the current teacher in
+    eval mode, keeps the rows of the split's unlabeled pool whose top probability is >= `threshold`, balances the
+    classes to `per_class` rows each (default: the median class count; small classes are duplicated), and trains
+    a student (`student_model`, default the teacher's model: equal or larger) on labels plus those soft (or `hard`)
+    labels with input noise (RandAugment + Cutout) and model noise (`dropout`; stochastic depth `drop_path`,
+    default 0.2 on residual models). `noise=False` is the ablation: no augmentation, dropout or stochastic depth.
+    """
+    from fewlabels.pipelines.pseudo_label import PseudoLabels, pseudo_label, select
+
+    if iterations < 1:
+        raise ConfigError(f"iterations must be >= 1, got {iterations}")
+    out = Path(out).absolute()
+    base = resolve_config(config, **dict(overrides or {}))
+    base = base.override(**{"data.dataset": dataset, "data.labels_per_class": labels_per_class, "train.seed": seed})
+    teacher_name = teacher_model or base.model.name or load_dataset(dataset, root=base.data.data_root).default_model
+    student_name = student_model or teacher_name
+    settings = {
+        "dataset": dataset,
+        "labels_per_class": labels_per_class,
+        "iterations": iterations,
+        "seed": seed,
+        "teacher_model": teacher_name,
+        "student_model": student_name,
+        "noise": noise,
+        "dropout": dropout,
+        "drop_path": drop_path,
+        "threshold": threshold,
+        "per_class": per_class,
+        "hard": hard,
+        "config": base.to_dict(),
+    }
+    _check_settings(out, settings)
+
+    teacher_cfg = base.override(
+        **{"algorithm.name": "supervised", "algorithm.options": {"label_smoothing": 0.1}, "model.name": teacher_name}
+    )
+    teacher = run_stage(teacher_cfg, out / "teacher")
+    result = NoisyStudentResult(out=out, teacher=teacher)
+    bundle = None
+    current = teacher
+    for k in range(1, iterations + 1):
+        stage = out / f"iter-{k}"
+        student_dir = stage / "student"
+        selection_path = stage / "selection.safetensors"
+        student_cfg = base.override(
+            **{
+                "algorithm.name": "noisy_student",
+                "algorithm.options": {
+                    "pseudo_labels": str(selection_path),
+                    "augment": "strong" if noise else "none",
+                },
+                **_model_settings(base, student_name, noise, dropout, drop_path),
+            }
+        )
+        if not (student_dir / "summary.json").exists():
+            labels_dir = stage / "pseudo-labels"
+            if not PseudoLabels.exists(labels_dir) or not PseudoLabels(labels_dir).is_complete():
+                if bundle is None:
+                    d = base.data
+                    bundle = load_dataset(d.dataset, root=d.data_root, download=d.download, image_size=d.image_size)
+                pseudo_label(current.path, bundle.x_train, labels_dir, batch_size=batch_size, progress=False)
+            if not selection_path.exists():
+                split = Split.load(current.path / "split.json")
+                chosen = select(
+                    PseudoLabels(labels_dir),
+                    threshold=threshold,
+                    per_class=per_class,
+                    hard=hard,
+                    seed=seed + k,
+                    subset=split.unlabeled,
+                )
+                if len(chosen) == 0:
+                    raise ConfigError(
+                        f"none of the {len(split.unlabeled)} unlabeled rows got a pseudo-label with probability >= "
+                        f"{threshold} from the teacher in {current.path}: lower --threshold or train the teacher "
+                        "longer (more --steps)"
+                    )
+                chosen.save(selection_path)
+        current = run_stage(student_cfg, student_dir)
+        result.students.append(current)
+        _write_report(out, settings, result)
+    _write_report(out, settings, result)
+    return result
+
+
+def _check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Write pipeline.json, or refuse to continue a pipeline folder made with other settings."""
+    path = out / "pipeline.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if k != "config" and old.get(k) != v]
+        if old.get("config") != settings["config"]:
+            diff.append("the training config")
+        if diff:
+            raise ConfigError(
+                f"{out} holds a Noisy Student pipeline with other settings ({'; '.join(diff)}): "
+                "use the same settings to resume it, or another --out"
+            )
+        return
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty and holds no pipeline.json: choose a new or empty folder")
+    atomic_write_text(path, json.dumps(settings, indent=2, default=str))
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _write_report(out: Path, settings: dict[str, Any], result: NoisyStudentResult) -> None:
+    from fewlabels.pipelines.pseudo_label import Selection
+
+    lines = [
+        f"# Noisy Student: {settings['dataset']}, {settings['labels_per_class']} labels per class, seed "
+        f"{settings['seed']}, noise {'on' if settings['noise'] else 'off (ablation)'}",
+        "",
+        "| stage | model | test acc | median of last evals | val acc | pseudo-labeled rows | steps | wall (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i, run in enumerate([result.teacher, *result.students]):
+        s = run.summary
+        name = "teacher (labels only)" if i == 0 else f"student {i}"
+        rows = "-" if i == 0 else str(len(Selection.load(out / f"iter-{i}" / "selection.safetensors").index))
+        lines.append(
+            f"| {name} | {s.get('model')} | {_pct(s.get('test_accuracy'))} | "
+            f"{_pct(s.get('test_accuracy_median_last'))} | {_pct(s.get('val_accuracy'))} | {rows} | "
+            f"{s.get('steps')} | {s.get('wall_seconds')} |"
+        )
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
