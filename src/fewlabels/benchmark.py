@@ -425,6 +425,13 @@ def _environment(jobs: int, threads: int | None) -> dict[str, Any]:
     }
 
 
+def hardware_line() -> str:
+    """One line for results files: CPU model and count, torch threads, GPU, torch version."""
+    env = _environment(1, None)
+    gpu = f"GPU {env['gpu']}" if env["gpu"] else "no GPU"
+    return f"{env['cpu']} ({env['cpu_count']} CPUs), {env['torch_threads']} torch threads, {gpu}; torch {env['torch']}"
+
+
 def _subprocess_threads(jobs: int) -> int:
     """Threads per parallel cell: OMP_NUM_THREADS when the user set it, else the CPUs shared evenly."""
     given = os.environ.get("OMP_NUM_THREADS", "")
@@ -908,6 +915,7 @@ __all__ = [
     "GRID_KEYS",
     "canonical_algorithm",
     "format_accuracy",
+    "hardware_line",
     "load_benchmark",
     "parse_algorithm_option",
     "parse_algorithm_options",
