@@ -272,3 +272,15 @@ def test_run_stage_trains_once_resumes_and_refuses_other_configs(tmp_path, monke
     with pytest.raises(ConfigError, match="not a run folder"):
         run_stage(cfg, stranger)
     assert (stranger / "notes.txt").exists()
+
+
+def test_class_subset_makes_a_binary_task_with_roc_auc(tmp_path):
+    run = fewlabels.train(**tiny(tmp_path, **{"data.classes": [3, 8], "data.labels_per_class": 5}))
+    s = run.summary
+    assert run.classes == ["3", "8"] and s["num_labels"] == 10
+    assert 0.0 <= s["test_auc"] <= 1.0 and "val_auc" in s
+    result = fewlabels.evaluate(run)
+    assert result["test_auc"] == pytest.approx(s["test_auc"])
+    assert set(result["per_class_test_accuracy"]) == {"3", "8"}
+    with pytest.raises(ConfigError, match="did you mean"):
+        fewlabels.train(**tiny(tmp_path, "bad", **{"data.classes": ["3", "x8"]}))

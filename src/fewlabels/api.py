@@ -9,24 +9,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from fewlabels.engine.evaluate import accuracy, per_class_accuracy, predict_logits
+from fewlabels.engine.evaluate import accuracy, binary_roc_auc, per_class_accuracy, predict_logits
 from fewlabels.engine.run import Run
 from fewlabels.errors import DataError
 
 
 def evaluate(run: str | Path | Run, which: str = "model") -> dict[str, Any]:
     """Accuracy of a finished run's model on its dataset's test set (and validation split)."""
-    from fewlabels.data import Split, load_dataset
+    from fewlabels.data import Split, load_data
 
     run = run if isinstance(run, Run) else Run(run)
     cfg = run.config
     d = cfg.data
-    bundle = load_dataset(d.dataset, root=d.data_root, download=d.download, strict=d.strict, image_size=d.image_size)
+    bundle = load_data(d)
     model = run.load_model(which)
     result: dict[str, Any] = {"run": str(run.path), "model": which}
     if bundle.x_test is not None and bundle.y_test is not None:
         logits = predict_logits(model, bundle.x_test, cfg.train.eval_batch_size)
         result["test_accuracy"] = accuracy(logits, bundle.y_test)
+        if bundle.num_classes == 2:
+            result["test_auc"] = binary_roc_auc(logits, bundle.y_test)
         per_class = per_class_accuracy(logits, bundle.y_test, bundle.num_classes)
         result["per_class_test_accuracy"] = dict(zip(bundle.classes, per_class, strict=True))
     split = Split.load(run.path / "split.json")

@@ -39,6 +39,9 @@ class DataConfig:
     """Fail on an unreadable image instead of skipping it with a warning."""
     augment: bool = True
     """Apply the algorithm's augmented views; False feeds un-augmented inputs to every view (ablations, tests)."""
+    classes: list[str] | None = None
+    """Keep only these classes (names or indices), relabeled in this order, e.g. [sandal, sneaker] for a binary
+    task cut from a built-in dataset; None keeps every class."""
 
 
 @dataclass(frozen=True)
@@ -269,6 +272,12 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if "None" not in text:
             raise ConfigError(f"{where} cannot be null")
         return None
+    if text.startswith("list"):
+        if isinstance(value, str):  # --set data.classes=sandal,sneaker
+            value = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return list(value)
     for typ in ("bool", "int", "float", "str"):
         if re.match(rf"^{typ}\b", text):
             return _convert(value, typ, where)

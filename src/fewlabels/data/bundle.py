@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -63,3 +64,54 @@ class DataBundle:
         else:
             mean, std = x.mean(dim=0), x.std(dim=0)
         return mean.tolist(), std.clamp_min(1e-6).tolist()
+
+    def keep_classes(self, classes: list[str | int]) -> DataBundle:
+        """A bundle restricted to `classes` (names or indices), relabeled 0..k-1 in the given order.
+
+        Training rows of other classes are dropped, unlabeled rows (-1) are kept (their class is unknown), and the
+        test and validation sets keep only the chosen classes. Used for binary tasks cut from a built-in dataset.
+        """
+        from fewlabels.errors import ConfigError
+
+        chosen: list[int] = []
+        for c in classes:
+            if isinstance(c, int) or (isinstance(c, str) and c.isdigit() and c not in self.classes):
+                index = int(c)
+                if not 0 <= index < self.num_classes:
+                    raise ConfigError(f"class index {index} is outside 0..{self.num_classes - 1} of {self.name}")
+            elif c in self.classes:
+                index = self.classes.index(c)
+            else:
+                import difflib
+
+                close = difflib.get_close_matches(str(c), self.classes, n=2)
+                hint = f" did you mean {', '.join(repr(x) for x in close)}?" if close else ""
+                raise ConfigError(f"{self.name} has no class {c!r}:{hint} its classes are {', '.join(self.classes)}")
+            if index in chosen:
+                raise ConfigError(f"class {c!r} is listed twice in data.classes")
+            chosen.append(index)
+        if len(chosen) < 2:
+            raise ConfigError(f"data.classes must name at least 2 classes, got {classes!r}")
+        mapping = torch.full((self.num_classes,), -2, dtype=torch.long)
+        mapping[torch.tensor(chosen)] = torch.arange(len(chosen))
+
+        def cut(x: torch.Tensor | None, y: torch.Tensor | None, keep_unlabeled: bool) -> tuple:
+            if x is None or y is None:
+                return x, y
+            new = torch.where(y >= 0, mapping[y.clamp_min(0)], torch.full_like(y, -1))
+            keep = new >= (-1 if keep_unlabeled else 0)
+            return x[keep], new[keep]
+
+        x_train, y_train = cut(self.x_train, self.y_train, keep_unlabeled=True)
+        x_test, y_test = cut(self.x_test, self.y_test, keep_unlabeled=False)
+        x_val, y_val = cut(self.x_val, self.y_val, keep_unlabeled=False)
+        return dataclasses.replace(
+            self,
+            x_train=x_train,
+            y_train=y_train,
+            x_test=x_test,
+            y_test=y_test,
+            x_val=x_val,
+            y_val=y_val,
+            classes=[self.classes[i] for i in chosen],
+        )

@@ -449,3 +449,16 @@ def _resize_bundle(bundle: DataBundle, size: int) -> DataBundle:
         if getattr(bundle, k) is not None
     }
     return dataclasses.replace(bundle, **changes)
+
+
+def load_data(data: Any) -> DataBundle:
+    """The bundle a run's `data` config section describes: `load_dataset` plus its class subset (data.classes).
+
+    Every place that needs a run's rows (training, evaluation, pseudo-labelling) loads them through this, so row
+    indices (split.json, pseudo-label shards) mean the same thing everywhere.
+    """
+    bundle = load_dataset(
+        data.dataset, root=data.data_root, download=data.download, strict=data.strict, image_size=data.image_size
+    )
+    classes = getattr(data, "classes", None)
+    return bundle.keep_classes(list(classes)) if classes else bundle

@@ -61,3 +61,13 @@ def confusion_matrix(logits: Tensor, y: Tensor, num_classes: int) -> list[list[i
     pred, y = logits.argmax(-1), y.cpu()
     flat = torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes)
     return flat.view(num_classes, num_classes).tolist()
+
+
+def binary_roc_auc(logits: Tensor, y: Tensor) -> float | None:
+    """ROC AUC of a two-class model (the score is p(class 1)); None when the labels hold only one class."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = y.cpu().numpy()
+    if len(set(labels.tolist())) < 2:
+        return None
+    return float(roc_auc_score(labels, logits.float().softmax(-1)[:, 1].cpu().numpy()))

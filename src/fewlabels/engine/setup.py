@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from fewlabels.algorithms import ALGORITHMS, Algorithm, create_algorithm
 from fewlabels.augment import Augmenter
 from fewlabels.config import Config, resolve_config
-from fewlabels.data import DataBundle, Split, check_unlabeled, load_dataset, make_split
+from fewlabels.data import DataBundle, Split, check_unlabeled, load_data, make_split
 from fewlabels.engine import checkpoint as ckpt
 from fewlabels.engine.distributed import DistInfo, gather_objects, per_rank
 from fewlabels.engine.ema import ModelEMA
@@ -121,7 +121,7 @@ def build_context(cfg: Config, info: DistInfo, resume: bool) -> Context:
     first = info.enabled and d.download  # rank 0 downloads alone, the others then read its files
     if first and not info.is_main:
         dist.barrier()
-    bundle = load_dataset(d.dataset, root=d.data_root, download=d.download, strict=d.strict, image_size=d.image_size)
+    bundle = load_data(d)
     if first and info.is_main:
         dist.barrier()
     split_path = folder / "split.json"

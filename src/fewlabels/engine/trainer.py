@@ -28,7 +28,13 @@ from fewlabels.engine.distributed import (
     cleanup,
     init_distributed,
 )
-from fewlabels.engine.evaluate import accuracy, confusion_matrix, per_class_accuracy, predict_logits
+from fewlabels.engine.evaluate import (
+    accuracy,
+    binary_roc_auc,
+    confusion_matrix,
+    per_class_accuracy,
+    predict_logits,
+)
 from fewlabels.engine.monitor import MetricsLogger, PseudoMonitor
 from fewlabels.engine.run import Run, save_model
 from fewlabels.engine.schedule import lr_factor, set_lr
@@ -137,11 +143,17 @@ def _evaluate(ctx: Context, model: nn.Module, keep_test_logits: bool = False) ->
     )
     out: dict[str, Any] = {}
     x_val, y_val = _val_set(ctx)
+    binary = b.num_classes == 2  # two-class tasks also report ROC AUC
     if x_val is not None and len(x_val):
-        out["val_accuracy"] = accuracy(predict_logits(model, x_val, **kwargs), y_val)
+        val_logits = predict_logits(model, x_val, **kwargs)
+        out["val_accuracy"] = accuracy(val_logits, y_val)
+        if binary:
+            out["val_auc"] = binary_roc_auc(val_logits, y_val)
     if b.x_test is not None and b.y_test is not None:
         logits = predict_logits(model, b.x_test, **kwargs)
         out["test_accuracy"] = accuracy(logits, b.y_test)
+        if binary:
+            out["test_auc"] = binary_roc_auc(logits, b.y_test)
         if keep_test_logits:
             out["test_logits"] = logits
     return out
@@ -279,6 +291,7 @@ def _finish(ctx: Context, step: int, wall: float, history: list[float]) -> None:
         "num_val": len(ctx.split.val) if b.x_val is None else len(b.x_val),
         "val_accuracy": final.get("val_accuracy"),
         "test_accuracy": final.get("test_accuracy"),
+        **{k: final[k] for k in ("val_auc", "test_auc") if k in final},
         "test_accuracy_median_last": statistics.median(history[-cfg.train.eval_last_k :]) if history else None,
         "device": str(ctx.device),
         "world_size": ctx.info.world_size,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fewlabels.config import Config, resolve_config
-from fewlabels.data import load_dataset
+from fewlabels.data import load_data, load_dataset
 from fewlabels.data.split import Split
 from fewlabels.engine.run import Run
 from fewlabels.engine.stage import run_stage
@@ -142,8 +142,7 @@ def noisy_student(
             labels_dir = stage / "pseudo-labels"
             if not PseudoLabels.exists(labels_dir) or not PseudoLabels(labels_dir).is_complete():
                 if bundle is None:
-                    d = base.data
-                    bundle = load_dataset(d.dataset, root=d.data_root, download=d.download, image_size=d.image_size)
+                    bundle = load_data(base.data)
                 pseudo_label(current.path, bundle.x_train, labels_dir, batch_size=batch_size, progress=False)
             if not selection_path.exists():
                 split = Split.load(current.path / "split.json")
