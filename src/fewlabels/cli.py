@@ -148,6 +148,18 @@ def _noisy_student_parser(sub: Any) -> None:
     _config_flags(p, frozenset({"algorithm.name"}))
 
 
+def _simclr_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "simclr", help="contrastive pretraining, fine-tuning on the labels, distillation (each stage resumable)"
+    )
+    p.add_argument("--pretrain-steps", type=int, default=None, help="steps of the pretraining (default: --steps)")
+    p.add_argument("--projection-layers", type=int, default=2, help="hidden layers of the projection head")
+    p.add_argument("--finetune-from", type=int, default=1, help="projection layers kept for fine-tuning")
+    p.add_argument("--temperature", type=float, default=0.2, help="NT-Xent temperature")
+    p.add_argument("--student-model", help="the distilled student's model (default: the fine-tuned model's)")
+    _config_flags(p, frozenset({"algorithm.name"}))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="fewlabels", description="Semi-supervised learning from a few labels.")
@@ -165,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     _distill_parser(sub)
     _pseudo_label_parser(sub)
     _noisy_student_parser(sub)
+    _simclr_parser(sub)
     p = sub.add_parser("report", help="write a report of a run: curves, confusion matrix, pseudo-labels, config")
     p.add_argument("run", help="run folder")
     p.add_argument("--format", dest="fmt", default="html", choices=["html", "md"], help="HTML (self-contained) or md")
@@ -307,6 +320,32 @@ def _cmd_noisy_student(args: argparse.Namespace) -> None:
     print((result.out / "report.md").read_text())
 
 
+def _cmd_simclr(args: argparse.Namespace) -> None:
+    from fewlabels.pipelines.simclr import simclr
+
+    overrides = train_overrides(args)
+    out = overrides.pop("out", None)
+    if not out:
+        raise FewLabelsError("simclr needs --out DIR, the pipeline folder (rerun the same command to resume)")
+    task = {k: overrides.pop(f"data.{k}", None) for k in ("dataset", "labels_per_class", "num_labels", "classes")}
+    result = simclr(
+        out,
+        dataset=task["dataset"] or "fashion-mnist",
+        labels_per_class=task["labels_per_class"],
+        num_labels=task["num_labels"],
+        classes=task["classes"],
+        seed=overrides.pop("train.seed", 0),
+        config=args.config,
+        overrides=overrides,
+        pretrain_steps=args.pretrain_steps,
+        projection_layers=args.projection_layers,
+        finetune_from=args.finetune_from,
+        temperature=args.temperature,
+        student_model=args.student_model,
+    )
+    print((result.out / "report.md").read_text())
+
+
 def _cmd_report(args: argparse.Namespace) -> None:
     from fewlabels.report import write_report
 
@@ -366,6 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "distill": _cmd_distill,
         "pseudo-label": _cmd_pseudo_label,
         "noisy-student": _cmd_noisy_student,
+        "simclr": _cmd_simclr,
         "report": _cmd_report,
     }
     try:

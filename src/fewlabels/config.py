@@ -52,6 +52,11 @@ class ModelConfig:
     """A registered model (see `fewlabels models`); None uses the dataset's default."""
     dropout: float = 0.0
     """Dropout probability before the classifier."""
+    neck: int = 0
+    """Linear-BatchNorm-ReLU layers between the backbone and the classifier (SimCLR's projection-head layers)."""
+    init_from: str | None = None
+    """A run folder whose final model initialises this one: every weight whose name and shape match, except the
+    classifier, which a new task always trains fresh (fine-tuning after pretraining)."""
     pretrained: bool = False
     """Load pretrained weights where the model has them (downloads; torchvision models only)."""
     options: Mapping[str, Any] = field(default_factory=dict)

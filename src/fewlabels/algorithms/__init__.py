@@ -11,6 +11,7 @@ from fewlabels.algorithms import (  # noqa: F401  (importing registers each algo
     pi_model,
     pseudo_label,
     remixmatch,
+    simclr,
     softmatch,
     supervised,
     temporal_ensembling,

@@ -26,6 +26,7 @@ def save_model(folder: Path, model: nn.Module, bundle: Any, cfg: Config, name: s
         "mean": mean,
         "std": std,
         "dropout": cfg.model.dropout,
+        "neck": cfg.model.neck,
         "options": dict(getattr(model, "options", {})),
         "classes": list(bundle.classes),
         "modality": bundle.modality,
@@ -96,6 +97,7 @@ class Run:
             mean=info["mean"],
             std=info["std"],
             dropout=info["dropout"],
+            neck=info.get("neck", 0),
             **info.get("options", {}),
         )
         model.load_state_dict(load_file(str(self.path / f"{which}.safetensors")))

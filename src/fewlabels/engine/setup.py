@@ -106,6 +106,25 @@ def config_diff(old: dict, new: dict, prefix: str = "") -> str:
     return "; ".join(out)
 
 
+def init_from_run(model: nn.Module, run_folder: str) -> list[str]:
+    """Copy the weights of `run_folder`'s final model whose names and shapes match into `model`, except the
+    classifier's; return the names copied. A run with nothing that fits is an error."""
+    from safetensors.torch import load_file
+
+    path = Path(run_folder) / "model.safetensors"
+    if not path.exists():
+        raise ConfigError(f"model.init_from: {path} does not exist; pass the folder of a finished run")
+    source = load_file(str(path))
+    own = model.state_dict()
+    copied = [k for k, v in source.items() if k in own and own[k].shape == v.shape and not k.startswith("classifier.")]
+    if not any(k.startswith("backbone.") for k in copied):
+        raise ConfigError(
+            f"model.init_from: no backbone weight of {run_folder} fits this model; use the same model (and input size)"
+        )
+    model.load_state_dict({**own, **{k: source[k] for k in copied}})
+    return copied
+
+
 def build_context(cfg: Config, info: DistInfo, resume: bool) -> Context:
     """Load the data and split, build model, EMA, algorithm, optimizer, augmenter and samplers."""
     ALGORITHMS.get(cfg.algorithm.name)  # unknown names fail before any data is read
@@ -145,9 +164,12 @@ def build_context(cfg: Config, info: DistInfo, resume: bool) -> Context:
         mean=mean,
         std=std,
         dropout=cfg.model.dropout,
+        neck=cfg.model.neck,
         pretrained=cfg.model.pretrained,
         **cfg.model.options,
     )
+    if cfg.model.init_from:
+        init_from_run(raw_model, cfg.model.init_from)
     probe.extend_model(raw_model)  # auxiliary heads (ReMixMatch's rotation head) before the optimizer sees them
     raw_model = raw_model.to(device)
     channels_last = cfg.train.channels_last and bundle.modality == "image"

@@ -21,6 +21,7 @@ def create_model(
     std: Sequence[float] | None = None,
     dropout: float = 0.0,
     pretrained: bool = False,
+    neck: int = 0,
     **options: object,
 ) -> Classifier:
     """Build model `name` for inputs (N, *input_shape) on the [0, 1] scale, returning a `Classifier`.
@@ -28,7 +29,8 @@ def create_model(
     `input_shape` is (C, H, W) for images or (D,) for vectors; `mean`/`std` (one value or one per
     channel/feature) become a fixed normalisation inside the model, identity when None. `dropout` applies
     before the final linear layer. `pretrained=True` downloads ImageNet weights (resnet18 only) and, when no
-    mean/std are given, normalises with ImageNet's statistics, which those weights expect. `options` go to the
+    mean/std are given, normalises with ImageNet's statistics, which those weights expect. `neck` adds that many
+    Linear-BatchNorm-ReLU layers between the backbone and the classifier. `options` go to the
     model's factory (e.g. mlp's `norm`, resnet18's `stem`); the model records them in `model.options` so that
     it can be rebuilt from a checkpoint without downloading anything.
 
@@ -77,7 +79,9 @@ def create_model(
             mean = IMAGENET_MEAN if input_shape[0] == 3 else (sum(IMAGENET_MEAN) / 3,)
             std = IMAGENET_STD if input_shape[0] == 3 else (sum(IMAGENET_STD) / 3,)
     backbone, classifier = factory(**kwargs)
-    model = Classifier(key, backbone, classifier, input_shape, mean=mean, std=std, dropout=dropout)
+    if not isinstance(neck, int) or neck < 0:
+        raise ConfigError(f"neck (MLP layers before the classifier) must be a whole number >= 0, got {neck!r}")
+    model = Classifier(key, backbone, classifier, input_shape, mean=mean, std=std, dropout=dropout, neck=neck)
     model.options = dict(options)
     return model
 

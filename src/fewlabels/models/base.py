@@ -135,6 +135,7 @@ class Classifier(nn.Module):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         dropout: float = 0.0,
+        neck: int = 0,
     ):
         super().__init__()
         self.name = name
@@ -143,6 +144,12 @@ class Classifier(nn.Module):
         self.num_classes = classifier.out_features
         self.normalize = Normalize(self.input_shape, mean, std)
         self.backbone = backbone
+        # Optional MLP layers between the backbone and the classifier: SimCLRv2 fine-tunes from the first layer of
+        # its projection head, so the pretrained model carries them and the fine-tuned one keeps the first.
+        f = self.num_features
+        self.neck = nn.Sequential(
+            *[nn.Sequential(nn.Linear(f, f, bias=False), nn.BatchNorm1d(f), nn.ReLU(inplace=True)) for _ in range(neck)]
+        )
         self.dropout = nn.Dropout(dropout)
         self.classifier = classifier
         self.heads = nn.ModuleDict()
@@ -163,7 +170,7 @@ class Classifier(nn.Module):
         self, x: torch.Tensor, with_heads: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits (N, num_classes); with `with_heads`, also each auxiliary head's outputs by name."""
-        feats = self.dropout(self.features(x))
+        feats = self.dropout(self.neck(self.features(x)))
         logits = self.classifier(feats)
         if not with_heads:
             return logits

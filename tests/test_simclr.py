@@ -1,0 +1,126 @@
+"""SimCLR: the NT-Xent loss by hand, the projection head, fine-tuning from a pretrained run (model.init_from), and
+the pretrain -> fine-tune -> distill pipeline with its resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from fewlabels.algorithms import Batch, BatchPart, StepContext, create_algorithm
+from fewlabels.algorithms.simclr import nt_xent
+from fewlabels.config import resolve_config
+from fewlabels.engine import trainer
+from fewlabels.engine.setup import init_from_run
+from fewlabels.errors import ConfigError
+from fewlabels.models import create_model
+from fewlabels.pipelines.simclr import simclr
+
+FAST = {
+    "train.steps": 12,
+    "train.batch_size": 8,
+    "train.unlabeled_ratio": 4,
+    "train.eval_every": 6,
+    "train.log_every": 4,
+    "train.checkpoint_every": 6,
+    "train.progress": False,
+}
+
+
+def test_nt_xent_by_hand():
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    z2 = torch.tensor([[1.0, 1.0], [0.0, -1.0]])
+    t = 0.5
+    z = F.normalize(torch.cat([z1, z2]), dim=-1).tolist()
+    partner = [2, 3, 0, 1]
+    total = 0.0
+    for i in range(4):
+        logits = {j: sum(a * b for a, b in zip(z[i], z[j], strict=True)) / t for j in range(4) if j != i}
+        total += -logits[partner[i]] + math.log(sum(math.exp(v) for v in logits.values()))
+    assert nt_xent(z1, z2, t).item() == pytest.approx(total / 4, rel=1e-6)
+    same = torch.randn(8, 4)
+    assert nt_xent(same, same, 0.1) < nt_xent(same, torch.randn(8, 4), 0.1)  # aligned views cost less
+
+
+def test_projection_head_is_trained_and_not_saved():
+    model = create_model("cnn", num_classes=2, input_shape=(1, 16, 16), neck=2)
+    algo = create_algorithm("simclr", 2, 8, projection_dim=16)
+    algo.extend_model(model)
+    assert algo.views.unlabeled == ("strong", "strong2")
+    views = {"strong": torch.rand(8, 1, 16, 16), "strong2": torch.rand(8, 1, 16, 16)}
+    batch = Batch(
+        labeled=BatchPart({"none": torch.rand(2, 1, 16, 16)}, y=torch.tensor([0, 1])),
+        unlabeled=BatchPart(views, index=torch.arange(8)),
+    )
+    out = algo.step(model, batch, StepContext(step=0, total_steps=10, num_classes=2))
+    out.loss.backward()
+    assert model.heads["projection"].weight.grad.abs().sum() > 0
+    assert model.neck[1][0].weight.grad.abs().sum() > 0 and model.backbone[0].weight.grad.abs().sum() > 0
+    assert model.classifier.weight.grad.abs().sum() == 0  # in the graph (for DDP) but not trained
+    assert 0 <= out.logs["contrastive_accuracy"] <= 1
+
+
+def test_init_from_copies_backbone_and_neck_but_not_the_classifier(tmp_path):
+    from fewlabels.data import load_dataset
+    from fewlabels.engine.run import save_model
+
+    pretrained = create_model("cnn", num_classes=10, input_shape=(1, 8, 8), neck=2)
+    save_model(tmp_path, pretrained, load_dataset("digits"), resolve_config(**{"model.neck": 2}))
+    fresh = create_model("cnn", num_classes=10, input_shape=(1, 8, 8), neck=1)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    copied = init_from_run(fresh, str(tmp_path))
+    saved = load_file(str(tmp_path / "model.safetensors"))
+    assert any(k.startswith("neck.0.") for k in copied) and not any(k.startswith("neck.1.") for k in copied)
+    assert not any(k.startswith("classifier.") for k in copied)
+    for k, v in fresh.state_dict().items():
+        expected = saved[k] if k in copied else before[k]
+        assert torch.equal(v, expected), k
+    other = create_model("mlp", num_classes=10, input_shape=(1, 8, 8))
+    with pytest.raises(ConfigError, match="no backbone weight"):
+        init_from_run(other, str(tmp_path))
+    with pytest.raises(ConfigError, match="does not exist"):
+        init_from_run(fresh, str(tmp_path / "missing"))
+
+
+def test_pipeline_binary_task_resume_and_report(tmp_path, monkeypatch):
+    out = tmp_path / "simclr"
+    kwargs = dict(dataset="digits", classes=[3, 8], labels_per_class=5, overrides=FAST)
+    real_step = trainer._train_step
+    state = {"killed": False, "steps": 0}
+
+    def dying_step(ctx, step, total):
+        if ctx.cfg.algorithm.name == "distill" and step == 8 and not state["killed"]:
+            state["killed"] = True
+            raise KeyboardInterrupt
+        state["steps"] += 1
+        return real_step(ctx, step, total)
+
+    monkeypatch.setattr(trainer, "_train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        simclr(out, **kwargs)
+    state["steps"] = 0
+    result = simclr(out, **kwargs)
+    assert state["steps"] == 6  # only the distillation stage, from its checkpoint at step 6
+    finetune = resolve_config(out / "finetune" / "config.yaml")
+    assert finetune.model.init_from == str(out / "pretrain") and finetune.model.neck == 1
+    assert resolve_config(out / "pretrain" / "config.yaml").model.neck == 2
+    assert resolve_config(out / "distill" / "config.yaml").algorithm.options["teacher"] == str(out / "finetune")
+    for stage in ("baseline", "finetune", "distill"):
+        s = result.runs[stage].summary
+        assert 0.0 <= s["test_auc"] <= 1.0 and s["num_labels"] == 10
+    report = (out / "report.md").read_text()
+    assert "test ROC AUC" in report and "distilled student" in report
+    with pytest.raises(ConfigError, match="temperature: 0.2 -> 0.5"):
+        simclr(out, **kwargs, temperature=0.5)
+
+
+def test_command(tmp_path, capsys):
+    from fewlabels.cli import main
+
+    argv = ["simclr", "--out", str(tmp_path / "s"), "--dataset", "digits", "--set", "data.classes=[0,1]"]
+    argv += ["--labels-per-class", "4", "--steps", "6", "--batch-size", "8", "--unlabeled-ratio", "2", "--no-progress"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "fine-tuned from the projection layer" in capsys.readouterr().out
