@@ -191,6 +191,24 @@ def test_a_different_config_in_the_same_folder_is_refused(grid, monkeypatch):
     assert (out / "benchmark.json").read_text() == stored
 
 
+def test_settings_added_to_the_config_later_read_as_their_defaults(grid, monkeypatch, tmp_path):
+    # A grid made before a config key existed (here: model.neck) continues under the new schema, as runs resume.
+    out, _ = grid
+    monkeypatch.setattr(benchmark, "train", fail_if_called)
+    path = out / "benchmark.json"
+    stored = path.read_text()
+    meta = json.loads(stored)
+    del meta["config"]["model"]["neck"]
+    path.write_text(json.dumps(meta))
+    try:
+        again = run_benchmark(out, overrides=FAST, **GRID)
+        assert again.trained == [] and len(again.skipped) == 10
+        with pytest.raises(ConfigError, match=r"model\.neck: 0 -> 1"):
+            run_benchmark(out, overrides={**FAST, "model.neck": 1}, **GRID)  # a real change is still refused
+    finally:
+        path.write_text(stored)
+
+
 def test_resume_restart_and_extension(tmp_path, monkeypatch, one_thread):
     out = tmp_path / "bench"
     small = {"dataset": "digits", "algorithms": ["supervised"], "labels_per_class": [2], "seeds": [0, 1]}

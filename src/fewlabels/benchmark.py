@@ -319,6 +319,19 @@ def _shared_settings(base: Config, dataset: str) -> dict[str, Any]:
     return json.loads(json.dumps(d, default=str))
 
 
+def _with_defaults(shared: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """Stored shared settings plus the current defaults of keys that `current` has and they lack."""
+    defaults = json.loads(json.dumps(Config().to_dict(), default=str))
+
+    def fill(d: Any, cur: Any, ref: Any) -> Any:
+        if not isinstance(d, dict) or not isinstance(cur, dict) or not isinstance(ref, dict):
+            return d
+        missing = {k: ref[k] for k in cur if k not in d and k in ref}
+        return {**missing, **{k: fill(v, cur.get(k), ref.get(k)) for k, v in d.items()}}
+
+    return fill(shared, current, defaults)
+
+
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
@@ -368,7 +381,8 @@ def _merge_meta(old: dict[str, Any] | None, new: dict[str, Any], out: Path) -> d
         raise ConfigError(
             f"{where} is a benchmark of dataset {old['dataset']!r}, not {new['dataset']!r}: choose another out folder"
         )
-    diffs = _diff(old["config"], new["config"])
+    # Settings added to the config schema after the grid was made read as their defaults (as a resumed run does).
+    diffs = _diff(_with_defaults(old["config"], new["config"]), new["config"])
     for algorithm in sorted(set(old["algorithm_options"]) & set(new["algorithm_options"])):
         a, b = old["algorithm_options"][algorithm], new["algorithm_options"][algorithm]
         diffs += [f"{algorithm} options: {a!r} -> {b!r}"] if a != b else []
