@@ -527,6 +527,23 @@ def test_vector_strong_drops_the_requested_fraction_per_sample():
     assert abs((out - x)[~dropped].std().item() - 0.3) < 0.01
 
 
+def test_vector_views_work_in_each_features_own_units():
+    """Raw features: the noise is `noise` standard deviations of each feature and a dropped feature is reset to
+    its mean, so a constant column (scale 1 after channel_stats) or a large-unit column gets sensible noise."""
+    scale = torch.tensor([0.01, 1.0, 100.0])
+    center = torch.tensor([5.0, -2.0, 1000.0])
+    x = center + scale * torch.randn(4000, 3, generator=gen(0))
+    out = vector_weak(x, gen(1), noise=0.1, scale=scale)
+    np.testing.assert_allclose(((out - x).std(dim=0) / scale).numpy(), [0.1, 0.1, 0.1], rtol=0.05)
+    strong_out = vector_strong(x, gen(2), noise=0.0, drop=0.34, scale=scale, center=center)
+    reset = strong_out != x
+    assert (reset.sum(dim=1) == 1).all()  # round(0.34 * 3)
+    assert torch.equal(strong_out[reset], center.expand(4000, 3)[reset])
+    aug = Augmenter("vector", seed=0, feature_stats=(center, scale))
+    weak_view = aug(x, "weak")
+    np.testing.assert_allclose(((weak_view - x).std(dim=0) / scale).numpy(), [0.1, 0.1, 0.1], rtol=0.05)
+
+
 def test_augmenter_vector_modality():
     x = torch.randn(64, 20, generator=gen(0))
     aug = Augmenter(modality="vector", seed=0)

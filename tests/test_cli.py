@@ -5,12 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import fewlabels
 from fewlabels.cli import main
+from fewlabels.engine.run import Run
 
 FAST = ["--steps", "6", "--batch-size", "8", "--unlabeled-ratio", "2", "--eval-every", "3", "--no-progress"]
 
@@ -44,9 +47,13 @@ def test_listings(capsys):
     for name in ("mean_teacher", "temporal_ensembling", "vat", "mixmatch", "remixmatch", "uda"):
         assert name in out
     assert "threshold=0.95" in out
+    classic = out.split("Classic baselines")[1]
+    for name in ("label_spreading", "label_propagation", "self_training"):
+        assert name in classic
+    assert "n_neighbors=7" in classic
     assert "wrn28_2" in run_cli(capsys, "models")[1]
     datasets = run_cli(capsys, "datasets")[1]
-    assert all(n in datasets for n in ("digits", "mnist1d", "fashion-mnist", "cifar10", "svhn", "stl10"))
+    assert all(n in datasets for n in ("digits", "mnist1d", "fashion-mnist", "cifar10", "svhn", "stl10", "wine"))
 
 
 def test_train_evaluate_predict_on_user_npz(tmp_path, capsys):
@@ -222,3 +229,132 @@ def test_benchmark_and_report_commands(tmp_path, capsys):
     assert str(report) in text and "pseudo_label" in report.read_text()
     code, _, err = run_cli(capsys, "report", str(tmp_path))
     assert code == 2 and "run folder" in err
+
+
+# ------------------------------------------------------------------------------------------------ predict
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A tiny CNN run on 1x8x8 digits."""
+    out = tmp_path_factory.mktemp("predict") / "run"
+    argv = ["train", "--dataset", "digits", "--labels-per-class", "2", "--algorithm", "supervised", "--out", str(out)]
+    assert main([*argv, *FAST]) == 0
+    return out
+
+
+def digit_images(n: int) -> np.ndarray:
+    """n real digits, uint8 (n, 1, 8, 8)."""
+    return fewlabels.load_dataset("digits").x_test[:n].numpy()
+
+
+def save_pngs(x: np.ndarray, folder) -> list:
+    folder.mkdir(parents=True)
+    paths = [folder / f"{i:02d}.png" for i in range(len(x))]
+    for image, path in zip(x, paths, strict=True):
+        Image.fromarray(image[0], "L").save(path)  # PNG is lossless: the same pixels come back
+    return paths
+
+
+def test_predict_top_k_columns_are_sorted_and_match_run_probabilities(digits_run, tmp_path, capsys):
+    x = digit_images(12)
+    np.savez(tmp_path / "x.npz", x=x)
+    target = tmp_path / "preds.csv"
+    code, out, err = run_cli(
+        capsys, "predict", str(digits_run), str(tmp_path / "x.npz"), "--top-k", "3", "--out", str(target)
+    )
+    assert code == 0, err
+    assert out == "" and "predict" in err  # the CSV goes to the file; the progress bar to stderr
+    rows = list(csv.reader(target.open()))
+    assert rows[0] == ["input", "class", "confidence", "class_2", "confidence_2", "class_3", "confidence_3"]
+    probs = Run(digits_run).predict_proba(x)
+    classes = Run(digits_run).classes
+    assert len(rows) == 13
+    for i, row in enumerate(rows[1:]):
+        assert row[0] == f"x.npz[{i}]"
+        confidences = [float(c) for c in row[2::2]]
+        assert confidences == sorted(confidences, reverse=True)
+        top = np.argsort(-probs[i])[:3]
+        assert row[1::2] == [classes[k] for k in top]
+        np.testing.assert_allclose(confidences, probs[i][top], atol=1e-6)
+
+    # K above the class count is capped (every class listed, probabilities summing to 1); stdout by default.
+    code, out, err = run_cli(
+        capsys, "predict", str(digits_run), str(tmp_path / "x.npz"), "--top-k", "50", "--no-progress"
+    )
+    rows = list(csv.reader(io.StringIO(out)))
+    assert code == 0 and err == ""
+    assert len(rows[0]) == 1 + 2 * 10 and rows[0][-2:] == ["class_10", "confidence_10"]
+    assert all(sorted(r[1::2]) == classes and abs(sum(float(c) for c in r[2::2]) - 1) < 1e-4 for r in rows[1:])
+
+    code, _, err = run_cli(capsys, "predict", str(digits_run), str(tmp_path / "x.npz"), "--top-k", "0")
+    assert code == 2 and err.startswith("fewlabels: error: ") and "top_k" in err and ">= 1" in err
+    with pytest.raises(fewlabels.ConfigError, match="top_k"):
+        fewlabels.predict(digits_run, tmp_path / "x.npz", top_k=-1)
+
+
+def test_predict_folder_manifest_and_npz_agree_in_any_batch_size(digits_run, tmp_path, monkeypatch):
+    from fewlabels import api
+
+    x = digit_images(10)
+    paths = save_pngs(x, tmp_path / "imgs" / "nested")
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    np.savez(tmp_path / "x.npz", x=x)
+    (tmp_path / "lists").mkdir()
+    manifest = tmp_path / "lists" / "manifest.csv"  # relative paths resolve against the CSV's folder
+    manifest.write_text("path,label\n" + "".join(f"../imgs/nested/{p.name},\n" for p in reversed(paths)))
+
+    by_folder = fewlabels.predict(digits_run, [tmp_path / "imgs"], top_k=2, batch_size=64)
+    assert [Path(p.input).name for p in by_folder] == [p.name for p in paths]
+    probs = Run(digits_run).predict_proba(x)
+    classes = Run(digits_run).classes
+    assert [p.label for p in by_folder] == [classes[k] for k in probs.argmax(-1)]
+    np.testing.assert_allclose([p.confidence for p in by_folder], probs.max(-1), atol=1e-6)
+    assert all(len(p.classes) == 2 and p.confidences[0] >= p.confidences[1] for p in by_folder)
+
+    def same(a, b) -> bool:
+        return all(
+            p.classes == q.classes and np.allclose(p.confidences, q.confidences, atol=1e-6)
+            for p, q in zip(a, b, strict=True)
+        )
+
+    by_manifest = fewlabels.predict(digits_run, str(manifest), top_k=2, batch_size=4)
+    assert [Path(p.input).name for p in by_manifest] == [p.name for p in reversed(paths)]
+    assert same(by_manifest, list(reversed(by_folder)))
+    by_npz = fewlabels.predict(digits_run, [tmp_path / "x.npz"], top_k=2, batch_size=3)
+    assert [p.input for p in by_npz] == [f"x.npz[{i}]" for i in range(10)]
+    assert same(by_npz, by_folder)
+
+    # Streamed: images are decoded a batch at a time, only when their batch is predicted.
+    reads: list[int] = []
+    real = api._read_images
+    monkeypatch.setattr(api, "_read_images", lambda files, shape: reads.append(len(files)) or real(files, shape))
+    stream = api.iter_predictions(digits_run, [tmp_path / "imgs"], top_k=2, batch_size=3)
+    assert reads == []
+    first = next(stream)
+    assert reads == [3]
+    rest = list(stream)
+    assert reads == [3, 3, 3, 1] and same([first, *rest], by_folder)
+
+
+def test_predict_names_a_corrupt_image_and_leaves_no_partial_file(digits_run, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    save_pngs(digit_images(4), folder)
+    (folder / "zz-broken.png").write_bytes(b"\x89PNG not really")
+    target = tmp_path / "out" / "preds.csv"
+    code, _, err = run_cli(
+        capsys, "predict", str(digits_run), str(folder), "--batch-size", "2", "-o", str(target), "--no-progress"
+    )
+    assert code == 2 and err.startswith("fewlabels: error: ") and err.count("\n") == 1
+    assert "zz-broken.png" in err and "cannot read image" in err
+    assert not target.exists() and list(target.parent.iterdir()) == []
+
+    code, _, err = run_cli(capsys, "predict", str(digits_run), str(tmp_path / "missing"), "--no-progress")
+    assert code == 2 and "does not exist" in err
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path\nimgs/00.png\nimgs/gone.png\n")
+    code, _, err = run_cli(capsys, "predict", str(digits_run), str(manifest), "--no-progress")
+    assert code == 2 and "gone.png" in err and "line 3" in err
+    np.savez(tmp_path / "wrong.npz", x=np.zeros((2, 3, 16, 16), np.uint8))
+    code, _, err = run_cli(capsys, "predict", str(digits_run), str(tmp_path / "wrong.npz"), "--no-progress")
+    assert code == 2 and "(N, 1, 8, 8)" in err

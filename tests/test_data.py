@@ -43,7 +43,8 @@ from fewlabels.errors import ConfigError, DataError
 
 def test_registry_lists_every_builtin_with_a_one_line_doc() -> None:
     names = DATASETS.names()
-    assert names == sorted(["digits", "mnist1d", "fashion-mnist", "cifar10", "cifar100", "svhn", "stl10"])
+    builtins = ["digits", "wine", "breast_cancer", "iris", "mnist1d", "fashion-mnist", "cifar10", "cifar100", "svhn"]
+    assert names == sorted([*builtins, "stl10"])
     for name in names:
         doc = DATASETS.get(name).__doc__
         assert doc and doc.strip().splitlines()[0].strip(), name
@@ -67,6 +68,43 @@ def test_digits_shapes_and_fixed_stratified_test_split() -> None:
         assert int((b.y_test == c).sum()) == round(0.3 * n_c)
     # Fixed: neither the global numpy seed nor a second load moves the split.
     assert torch.equal(b.x_test, again.x_test) and torch.equal(b.y_train, again.y_train)
+
+
+@pytest.mark.parametrize(
+    ("name", "features", "classes"),
+    [
+        ("wine", 13, ["class_0", "class_1", "class_2"]),
+        ("breast_cancer", 30, ["malignant", "benign"]),
+        ("iris", 4, ["setosa", "versicolor", "virginica"]),
+    ],
+)
+def test_sklearn_tables_are_vectors_with_a_fixed_stratified_disjoint_test_split(
+    name: str, features: int, classes: list[str]
+) -> None:
+    import sklearn.datasets
+
+    original = getattr(sklearn.datasets, f"load_{name}")()
+    np.random.seed(123)
+    b = load_dataset(name)
+    np.random.seed(999)
+    again = load_dataset(name.replace("_", "-"))  # either spelling
+    assert b.name == name and b.classes == classes and b.num_classes == len(classes)
+    assert b.modality == "vector" and b.default_model == "mlp" and not b.hflip and not b.labels_are_given
+    assert b.x_train.dtype == torch.float32 and b.x_train.shape[1:] == (features,) and b.x_test.shape[1:] == (features,)
+    assert b.y_train.dtype == torch.int64 and len(b.x_train) + len(b.x_test) == len(original.target)
+    # Stratified: each class keeps round(30%) of its rows in test.
+    counts = np.bincount(original.target)
+    assert np.bincount(b.y_test.numpy()).tolist() == [round(0.3 * n) for n in counts]
+    # Disjoint and complete: train and test rows together are exactly the original rows (with their labels), each
+    # once (iris holds duplicate rows, so this compares sorted multisets rather than sets).
+    ours = np.concatenate([np.column_stack([b.x_train, b.y_train]), np.column_stack([b.x_test, b.y_test])])
+    theirs = np.column_stack([original.data.astype(np.float32), original.target])
+    assert np.array_equal(ours[np.lexsort(ours.T[::-1])], theirs[np.lexsort(theirs.T[::-1])])
+    # Stable: neither the global numpy seed nor a second load moves the split.
+    assert torch.equal(b.x_test, again.x_test) and torch.equal(b.y_train, again.y_train)
+    assert torch.equal(b.x_train, again.x_train) and torch.equal(b.y_test, again.y_test)
+    with pytest.raises(ConfigError, match="takes no option"):
+        DATASETS.get(name)(size=3)
 
 
 def test_mnist1d_generated_offline_with_its_own_split(tmp_path: Path) -> None:

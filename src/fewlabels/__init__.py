@@ -7,6 +7,7 @@ from fewlabels.data import DATASETS, load_dataset
 from fewlabels.engine.run import Run
 from fewlabels.engine.trainer import train
 from fewlabels.errors import ConfigError, DataError, FewLabelsError, TrainingDiverged
+from fewlabels.estimator import SemiSupervisedClassifier, SemiSupervisedKFold
 from fewlabels.models import list_models
 
 __version__ = "0.1.0"
@@ -23,6 +24,8 @@ __all__ = [
     "DataError",
     "FewLabelsError",
     "Run",
+    "SemiSupervisedClassifier",
+    "SemiSupervisedKFold",
     "TrainingDiverged",
     "evaluate",
     "list_algorithms",

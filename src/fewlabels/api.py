@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import csv
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TextIO
 
 import numpy as np
 import torch
 
 from fewlabels.engine.evaluate import accuracy, binary_roc_auc, per_class_accuracy, predict_logits
 from fewlabels.engine.run import Run
-from fewlabels.errors import DataError
+from fewlabels.errors import ConfigError, DataError
+
+__all__ = [
+    "Prediction",
+    "evaluate",
+    "fit_inputs",
+    "iter_predictions",
+    "load_inputs",
+    "predict",
+    "prediction_header",
+    "write_predictions",
+]
+
+INPUTS_HINT = "give image files or folders, a .csv with a path column, or a .npz with x (or a .npy array)"
 
 
 def evaluate(run: str | Path | Run, which: str = "model") -> dict[str, Any]:
@@ -40,43 +56,142 @@ def evaluate(run: str | Path | Run, which: str = "model") -> dict[str, Any]:
     return result
 
 
-def load_inputs(inputs: list[str], input_shape: tuple[int, ...]) -> tuple[list[str], torch.Tensor]:
-    """Read prediction inputs: image files or folders, a .csv with a `path` column, or a .npz with `x`."""
-    from fewlabels.data.formats import IMAGE_EXTENSIONS, ImageReader
+# ============================================================================================ prediction inputs
 
-    names: list[str] = []
-    arrays: list[np.ndarray] = []
-    paths: list[Path] = []
+
+def fit_inputs(x: np.ndarray, input_shape: Sequence[int], what: str = "inputs") -> np.ndarray:
+    """Check a batch against a model's input shape and return it as (N, *input_shape), uint8 or float32.
+
+    Vectors: any numeric (N, D) array, returned as float32. Images: (N, C, H, W), (N, H, W, C), or (N, H, W) for
+    one channel; uint8 pixels stay uint8, integers must lie in 0..255 (made uint8) and floats in [0, 1] (made
+    float32), the scale the model's `predict_logits` expects.
+    """
+    shape = tuple(int(s) for s in input_shape)
+    x = np.asarray(x)
+    if x.dtype.kind not in "iuf":
+        raise DataError(f"{what} has dtype {x.dtype}; give a numeric array")
+    if len(shape) == 1:
+        if x.ndim != 2 or x.shape[1] != shape[0]:
+            raise DataError(f"{what} has shape {x.shape}; the model takes vectors (N, {shape[0]})")
+        return np.ascontiguousarray(x, dtype=np.float32)
+    c, h, w = shape
+    if x.ndim == 3 and c == 1 and x.shape[1:] == (h, w):
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[1:] != shape and x.shape[1:] == (h, w, c):
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1:] != shape:
+        raise DataError(
+            f"{what} has shape {x.shape}; the model takes images (N, {c}, {h}, {w}) (or (N, {h}, {w}, {c})"
+            + (f", (N, {h}, {w})" if c == 1 else "")
+            + "): resize them first, or give image files, which are resized for you"
+        )
+    if x.dtype == np.uint8 or x.size == 0:
+        return np.ascontiguousarray(x)
+    lo, hi = float(x.min()), float(x.max())
+    if x.dtype.kind == "f":
+        if not np.isfinite(x).all() or lo < 0.0 or hi > 1.0:
+            raise DataError(
+                f"{what} holds float images with values in [{lo:g}, {hi:g}]; float images must lie in [0, 1]: "
+                "divide by 255, or give uint8 pixels"
+            )
+        return np.ascontiguousarray(x, dtype=np.float32)
+    if lo < 0 or hi > 255:
+        raise DataError(f"{what} holds integer images with values in [{lo:g}, {hi:g}]; pixels must be 0..255")
+    return np.ascontiguousarray(x, dtype=np.uint8)
+
+
+@dataclass
+class _Segment:
+    """A run of inputs read the same way: rows of an array, or image files decoded a batch at a time."""
+
+    names: list[str]
+    array: np.ndarray | None = None
+    files: list[Path] | None = None
+    origin: str = ""
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    """Image files under `folder` at any depth, sorted; hidden files and folders left out."""
+    from fewlabels.data.formats import IMAGE_EXTENSIONS
+
+    return [
+        p
+        for p in sorted(folder.rglob("*"))
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.is_file()
+    ]
+
+
+def _manifest_images(path: Path) -> list[Path]:
+    """The `path` column of a CSV, in row order; relative paths resolve against the CSV's folder."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            fields = [(c or "").strip().lower() for c in (reader.fieldnames or [])]
+            if "path" not in fields:
+                raise DataError(f"{path} needs a header line with a `path` column; found {reader.fieldnames}")
+            reader.fieldnames = fields
+            files = []
+            for row in reader:
+                value = (row.get("path") or "").strip()
+                if not value:
+                    raise DataError(f"line {reader.line_num} of {path} has no path")
+                p = Path(value).expanduser()
+                p = p if p.is_absolute() else path.parent / p
+                if not p.is_file():
+                    raise DataError(f"line {reader.line_num} of {path}: image {p} does not exist")
+                files.append(p)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+    return files
+
+
+def _array_file(path: Path) -> np.ndarray:
+    """The `x` array of an .npz (loaded) or a .npy array (memory-mapped, read a batch at a time)."""
+    try:
+        if path.suffix.lower() == ".npy":
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        with np.load(path, allow_pickle=False) as z:
+            if "x" not in z.files:
+                raise DataError(f"{path} has no array 'x' (found {z.files}); save inputs with np.savez(path, x=x)")
+            return z["x"]
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"cannot read {path} as a numeric array ({type(e).__name__}: {e})") from e
+
+
+def _collect_inputs(inputs: Sequence[str | os.PathLike[str]], input_shape: tuple[int, ...]) -> list[_Segment]:
+    """List every input up front (files are checked to exist but not decoded); consecutive image files merge."""
+    segments: list[_Segment] = []
     for item in inputs:
-        p = Path(item)
-        if p.suffix == ".npz":
-            with np.load(p, allow_pickle=False) as z:
-                x = z["x"]
-            names += [f"{p.name}[{i}]" for i in range(len(x))]
-            arrays.append(x)
-        elif p.suffix == ".csv":
-            with p.open(newline="") as f:
-                paths += [(p.parent / row["path"]) for row in csv.DictReader(f)]
-        elif p.is_dir():
-            paths += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS)
+        p = Path(item).expanduser()
+        suffix = p.suffix.lower()
+        if p.is_file() and suffix in (".npz", ".npy"):
+            x = _array_file(p)
+            if x.ndim == 0:
+                raise DataError(f"{p} holds a scalar; give an array of inputs, shape (N, ...)")
+            if len(x):
+                fit_inputs(np.asarray(x[:1]), input_shape, str(p))  # a wrong shape or dtype fails before predicting
+            segments.append(_Segment([f"{p.name}[{i}]" for i in range(len(x))], array=x, origin=str(p)))
+            continue
+        if p.is_dir():
+            files = _folder_images(p)
+        elif p.is_file() and suffix == ".csv":
+            files = _manifest_images(p)
         elif p.is_file():
-            paths.append(p)
+            files = [p]
         else:
-            raise DataError(f"input {item!r} does not exist: give image files, folders, a .csv or a .npz")
-    if paths:
+            raise DataError(f"input {str(item)!r} does not exist: {INPUTS_HINT}")
         if len(input_shape) != 3:
-            raise DataError("this model takes vectors: give a .npz with an array x of shape (N, D)")
-        reader = ImageReader(strict=True, image_size=None)
-        images = []
-        for path in paths:
-            arr = reader.read(path)
-            images.append(_fit_image(arr, input_shape))
-            names.append(str(path))
-        arrays.append(np.stack(images))
-    if not arrays:
-        raise DataError("no inputs found: give image files, folders, a .csv with a path column or a .npz")
-    x = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
-    return names, torch.from_numpy(np.ascontiguousarray(x))
+            raise DataError(f"{p}: this model takes vectors, not images: give a .npz with an array x of shape (N, D)")
+        if segments and segments[-1].files is not None:
+            segments[-1].files += files
+            segments[-1].names += [str(f) for f in files]
+        else:
+            segments.append(_Segment([str(f) for f in files], files=list(files), origin=str(p)))
+    if not any(s.names for s in segments):
+        raise DataError(f"no inputs found: {INPUTS_HINT}")
+    return segments
 
 
 def _fit_image(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -91,14 +206,177 @@ def _fit_image(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out[None] if c == 1 else out.transpose(2, 0, 1)
 
 
-def predict(run: str | Path | Run, inputs: list[str], which: str = "model") -> list[tuple[str, str, float]]:
-    """(input, predicted class name, confidence) for each input."""
+def _read_images(files: list[Path], shape: tuple[int, ...]) -> np.ndarray:
+    """Decode and fit one batch of image files; an unreadable file is an error that names it."""
+    from fewlabels.data.formats import ImageReader
+
+    reader = ImageReader(strict=True, image_size=None)
+    out = np.empty((len(files), *shape), dtype=np.uint8)
+    for row, path in enumerate(files):
+        try:
+            arr = reader.read(path)
+        except DataError as e:
+            cause = e.__cause__
+            why = f"{type(cause).__name__}: {cause}" if cause is not None else str(e)
+            raise DataError(f"cannot read image {path} ({why}); fix or remove the file, or leave it out") from e
+        out[row] = _fit_image(arr, shape)  # type: ignore[arg-type]
+    return out
+
+
+def _batches(
+    segments: list[_Segment], shape: tuple[int, ...], batch_size: int
+) -> Iterator[tuple[list[str], torch.Tensor]]:
+    """(names, inputs) a batch at a time: image files are decoded only when their batch comes up."""
+    for seg in segments:
+        for start in range(0, len(seg.names), batch_size):
+            stop = min(start + batch_size, len(seg.names))
+            if seg.files is not None:
+                x = _read_images(seg.files[start:stop], shape)
+            else:
+                x = fit_inputs(np.asarray(seg.array[start:stop]), shape, seg.origin)  # type: ignore[index]
+            yield seg.names[start:stop], torch.from_numpy(x)
+
+
+def load_inputs(
+    inputs: Sequence[str | os.PathLike[str]], input_shape: tuple[int, ...]
+) -> tuple[list[str], torch.Tensor]:
+    """Read prediction inputs all at once: image files or folders, a .csv with a `path` column, or a .npz with `x`.
+
+    Returns the input names and one tensor (N, *input_shape): uint8 images, or float32 when the inputs mix
+    uint8 and float images or are vectors. `predict` streams instead of calling this.
+    """
+    shape = tuple(int(s) for s in input_shape)
+    names: list[str] = []
+    parts: list[torch.Tensor] = []
+    for batch_names, x in _batches(_collect_inputs(list(inputs), shape), shape, batch_size=1 << 30):
+        names += batch_names
+        parts.append(x)
+    if len({p.dtype for p in parts}) > 1:
+        from fewlabels.augment import to_float
+
+        parts = [to_float(p) for p in parts]
+    return names, torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+# ================================================================================================ prediction
+
+
+class Prediction(NamedTuple):
+    """One input's most probable classes, most probable first."""
+
+    input: str
+    """The input's name: the image file's path, or `file.npz[i]` for row i of an array."""
+    classes: tuple[str, ...]
+    """The top-k class names."""
+    confidences: tuple[float, ...]
+    """Their probabilities, in descending order."""
+
+    @property
+    def label(self) -> str:
+        """The predicted class name."""
+        return self.classes[0]
+
+    @property
+    def confidence(self) -> float:
+        """The predicted class's probability."""
+        return self.confidences[0]
+
+
+def _check_top_k(top_k: int, num_classes: int) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1:
+        raise ConfigError(f"top_k (classes reported per input) must be a whole number >= 1, got {top_k!r}")
+    return min(int(top_k), num_classes)
+
+
+def iter_predictions(
+    run: str | Path | Run,
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    which: str = "model",
+    top_k: int = 1,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> Iterator[Prediction]:
+    """`predict` as a stream: reads, predicts and yields one batch of inputs at a time.
+
+    The inputs are listed and checked before this returns, so a missing file or a wrong shape fails at once; an
+    unreadable image fails when its batch is read, with an error that names the file.
+    """
     run = run if isinstance(run, Run) else Run(run)
+    if which not in ("model", "best"):
+        raise ConfigError(f"which must be 'model' (final EMA model) or 'best' (best on validation), got {which!r}")
     info = run.model_info(which)
-    names, x = load_inputs(list(inputs), tuple(info["input_shape"]))
-    if tuple(x.shape[1:]) != tuple(info["input_shape"]):
-        raise DataError(f"inputs have shape {tuple(x.shape[1:])}, the model takes {tuple(info['input_shape'])}")
-    probs = predict_logits(run.load_model(which), x).softmax(-1)
-    conf, cls = probs.max(-1)
-    classes = info["classes"]
-    return [(n, classes[int(c)], float(p)) for n, c, p in zip(names, cls, conf, strict=True)]
+    classes = [str(c) for c in info["classes"]]
+    k = _check_top_k(top_k, len(classes))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    items = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+    shape = tuple(int(s) for s in info["input_shape"])
+    segments = _collect_inputs(items, shape)
+    return _stream(run.load_model(which), segments, shape, classes, k, batch_size, progress)
+
+
+def _stream(
+    model: torch.nn.Module,
+    segments: list[_Segment],
+    shape: tuple[int, ...],
+    classes: list[str],
+    k: int,
+    batch_size: int,
+    progress: bool,
+) -> Iterator[Prediction]:
+    from tqdm.auto import tqdm
+
+    total = sum(len(s.names) for s in segments)
+    with tqdm(total=total, disable=not progress, unit="input", desc="predict", dynamic_ncols=True) as bar:
+        for names, x in _batches(segments, shape, batch_size):
+            probs = predict_logits(model, x, batch_size=batch_size).softmax(-1)
+            conf, idx = probs.topk(k, dim=-1)
+            for name, row_idx, row_conf in zip(names, idx.tolist(), conf.tolist(), strict=True):
+                yield Prediction(name, tuple(classes[i] for i in row_idx), tuple(row_conf))
+            bar.update(len(names))
+
+
+def predict(
+    run: str | Path | Run,
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    which: str = "model",
+    top_k: int = 1,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> list[Prediction]:
+    """The `top_k` most probable classes of each input, with their probabilities, as `fewlabels predict` reports.
+
+    `inputs` are image files or folders (searched recursively, sorted by path), CSV manifests with a `path`
+    column (relative paths resolve against the CSV's folder), `.npz` files with an array `x`, or `.npy` arrays,
+    in the model's training format: uint8 or [0, 1] float images, or float vectors. Images are converted to the
+    model's channel count and resized (bicubic) to its input size. `which` is "model" (the final EMA model) or
+    "best"; `top_k` (>= 1) is capped at the number of classes; inputs are read and predicted `batch_size` at a
+    time, with a progress bar when `progress`. The probabilities are those of `Run.predict_proba`.
+    """
+    return list(iter_predictions(run, inputs, which, top_k, batch_size, progress))
+
+
+def prediction_header(top_k: int) -> list[str]:
+    """CSV columns for `top_k` classes: input, class, confidence, then class_2, confidence_2, ... up to k."""
+    columns = ["input", "class", "confidence"]
+    for i in range(2, top_k + 1):
+        columns += [f"class_{i}", f"confidence_{i}"]
+    return columns
+
+
+def write_predictions(predictions: Iterable[Prediction], file: TextIO) -> int:
+    """Write predictions as CSV (`prediction_header` columns, confidences to 6 decimals); return the row count.
+
+    Rows are written as they come, so a stream from `iter_predictions` never needs to be held in memory.
+    """
+    writer = csv.writer(file)
+    count = 0
+    for p in predictions:
+        if count == 0:
+            writer.writerow(prediction_header(len(p.classes)))
+        row = [p.input]
+        for cls, conf in zip(p.classes, p.confidences, strict=True):
+            row += [cls, f"{conf:.6f}"]
+        writer.writerow(row)
+        count += 1
+    return count

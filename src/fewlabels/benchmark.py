@@ -19,6 +19,9 @@ algorithms, label budgets, seeds, or the ceiling); the stored grid becomes the u
 it. A call whose dataset, shared config (everything but the grid axes and display-only settings) or options of an
 algorithm already in the grid differ is refused with a ConfigError naming the differences.
 
+Classic baselines (`label_spreading`, `label_propagation`, `self_training`) are algorithms of the grid like any
+other: each of their cells is one scikit-learn fit on the same split (0 steps), written as a normal run folder.
+
 Model selection never looks at the test set: the figures are the final EMA model's test accuracy and the median of
 its last `train.eval_last_k` test evaluations.
 """
@@ -209,11 +212,11 @@ class BenchmarkError(FewLabelsError, RuntimeError):
 
 
 def canonical_algorithm(name: str) -> str:
-    """The registered name of `name` ('pseudo-label' -> 'pseudo_label'); unknown names raise with close matches."""
-    from fewlabels.algorithms import ALGORITHMS
+    """The registered name of a deep algorithm or a classic baseline ('pseudo-label' -> 'pseudo_label'); unknown
+    names raise with close matches from both."""
+    from fewlabels.algorithms.classic import resolve_algorithm_name
 
-    cls = ALGORITHMS.get(str(name))  # raises a ConfigError suggesting close matches
-    return next(n for n in ALGORITHMS.names() if ALGORITHMS.get(n) is cls)
+    return resolve_algorithm_name(name)
 
 
 def parse_algorithm_option(text: str) -> tuple[str, str, Any]:
@@ -281,7 +284,11 @@ def _check_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 def _check_options(algorithm: str, options: Mapping[str, Any]) -> None:
     from fewlabels.algorithms import algorithm_options as valid_options
+    from fewlabels.algorithms.classic import is_classic, make_classic
 
+    if is_classic(algorithm):
+        make_classic(algorithm, "vector", **options)  # checks the option names and values
+        return
     valid = valid_options(algorithm)
     for key in options:
         if key not in valid:
@@ -543,6 +550,8 @@ def _results_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def _report_md(meta: dict[str, Any], rows: list[dict[str, Any]], summary: list[CellSummary], missing: list[str]) -> str:
+    from fewlabels.algorithms.classic import is_classic
+
     cfg, env = meta["config"], meta.get("environment") or _environment(1, None)
     t = cfg["train"]
     seeds = meta["seeds"]
@@ -569,8 +578,15 @@ def _report_md(meta: dict[str, Any], rows: list[dict[str, Any]], summary: list[C
         f"the median of its last {k} test evaluations (median-last), never the best test accuracy seen.",
         "- Each entry: test accuracy / median-last, %, mean ± std (sample std) over seeds; (n=…) marks entries "
         "with fewer finished seeds than the grid. Wall time is the mean per run, in seconds.",
-        "",
     ]
+    classic = [a for a in meta["algorithms"] if is_classic(a)]
+    if classic:
+        lines.append(
+            f"- Classic baselines ({', '.join(classic)}): one scikit-learn fit on features (images flattened to "
+            "[0, 1], vectors standardized) on the same labeled rows and unlabeled pool; no steps, so median-last "
+            "is the final accuracy."
+        )
+    lines.append("")
     by_key = {(s.algorithm, s.labels_per_class): s for s in summary}
     labels_of = {lpc: next((s.num_labels for s in summary if s.labels_per_class == lpc), None) for lpc in budgets}
     header = ["algorithm"] + [

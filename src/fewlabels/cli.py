@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import csv
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
 
 from fewlabels.errors import FewLabelsError
 
@@ -160,6 +162,52 @@ def _simclr_parser(sub: Any) -> None:
     _config_flags(p, frozenset({"algorithm.name"}))
 
 
+def _predict_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "predict", help="predict classes for inputs, a batch at a time; writes CSV input,class,confidence[,class_2,...]"
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        help="image files or folders, a .csv with a path column (relative to the CSV), a .npz with x, or a .npy",
+    )
+    p.add_argument("--which", default="model", choices=["model", "best"], help="final EMA model or best on val")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=1,
+        metavar="K",
+        help="report the K most probable classes (adds columns class_2,confidence_2,...; capped at the classes)",
+    )
+    p.add_argument("--batch-size", type=int, default=256, help="inputs read and predicted at a time (default: 256)")
+    p.add_argument(
+        "--out", "--output", "-o", dest="out", help="CSV file to write, atomically (default: standard output)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _export_parser(sub: Any) -> None:
+    from fewlabels.export import FORMATS
+
+    p = sub.add_parser(
+        "export",
+        help="write a finished run's model, preprocessing and class names to one ONNX, TorchScript or safetensors file",
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument(
+        "--format",
+        dest="fmt",
+        required=True,
+        metavar="{" + ",".join(FORMATS) + "}",
+        help="onnx (needs pip install 'fewlabels[export]'), torchscript or safetensors",
+    )
+    p.add_argument("--which", default="model", choices=["model", "best"], help="final EMA model or best on val")
+    p.add_argument(
+        "--out", help="file or folder to write (default: RUN/export/model.onnx, model.pt or model.safetensors)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="fewlabels", description="Semi-supervised learning from a few labels.")
@@ -168,11 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a finished run on its test set")
     p.add_argument("run", help="run folder")
     p.add_argument("--which", default="model", choices=["model", "best"], help="final EMA model or best on val")
-    p = sub.add_parser("predict", help="predict classes for inputs; writes CSV input,class,confidence")
-    p.add_argument("run", help="run folder")
-    p.add_argument("inputs", nargs="+", help="image files or folders, a .csv with a path column, or a .npz with x")
-    p.add_argument("--which", default="model", choices=["model", "best"])
-    p.add_argument("--output", "-o", help="CSV file to write (default: standard output)")
+    _predict_parser(sub)
+    _export_parser(sub)
     _benchmark_parser(sub)
     _distill_parser(sub)
     _pseudo_label_parser(sub)
@@ -360,26 +405,59 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from fewlabels.api import predict
+    from fewlabels.api import iter_predictions, write_predictions
 
-    rows = predict(args.run, args.inputs, which=args.which)
-    out = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
+    predictions = iter_predictions(
+        args.run,
+        args.inputs,
+        which=args.which,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    if not args.out:
+        write_predictions(predictions, sys.stdout)
+        return
+    with _atomic_text_file(args.out) as f:
+        write_predictions(predictions, f)
+
+
+@contextlib.contextmanager
+def _atomic_text_file(path: str) -> Iterator[TextIO]:
+    """A text file written in a temporary file beside `path` and renamed over it only when complete."""
+    target = Path(path).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
-        writer = csv.writer(out)
-        writer.writerow(["input", "class", "confidence"])
-        for name, cls, conf in rows:
-            writer.writerow([name, cls, f"{conf:.6f}"])
-    finally:
-        if args.output:
-            out.close()
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from fewlabels.export import export_run
+
+    print(f"exported: {export_run(args.run, args.fmt, out=args.out, which=args.which)}")
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
     if args.command == "algorithms":
         from fewlabels.algorithms import algorithm_options, describe_algorithms
+        from fewlabels.algorithms.classic import CLASSIC, classic_options
 
         for name, doc in describe_algorithms():
             opts = ", ".join(f"{k}={v}" for k, v in algorithm_options(name).items()) or "-"
+            print(f"{name:20s} {doc}\n{'':20s} options: {opts}")
+        print("\nClassic baselines (scikit-learn, one fit on features; for `benchmark`, `train` and the estimator):")
+        for name in CLASSIC.names():
+            doc = (CLASSIC.get(name).__doc__ or "").strip().splitlines()[0]
+            opts = ", ".join(f"{k}={v}" for k, v in classic_options(name).items()) or "-"
             print(f"{name:20s} {doc}\n{'':20s} options: {opts}")
     elif args.command == "models":
         from fewlabels.models import describe_models
@@ -401,6 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": _cmd_train,
         "evaluate": _cmd_evaluate,
         "predict": _cmd_predict,
+        "export": _cmd_export,
         "benchmark": _cmd_benchmark,
         "distill": _cmd_distill,
         "pseudo-label": _cmd_pseudo_label,

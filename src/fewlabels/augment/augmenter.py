@@ -38,6 +38,7 @@ class Augmenter:
         translate: float = 0.125,
         num_ops: int = 2,
         cutout_size: float = 0.5,
+        feature_stats: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         if modality not in MODALITIES:
             raise ConfigError(f"unknown modality {modality!r}; valid modalities are {', '.join(MODALITIES)}")
@@ -47,6 +48,9 @@ class Augmenter:
         self.translate = translate
         self.num_ops = num_ops
         self.cutout_size = cutout_size
+        # Vectors: per-feature (mean, std) of the training data, so that noise and dropped features are in each
+        # feature's own units (None: the features are already standardised).
+        self.feature_stats = feature_stats
         # One generator per device, made on first use, since the data's device is known only at call time.
         self._generators: dict[str, torch.Generator] = {}
         # Loaded states of generators not yet made (load_state_dict before the first batch).
@@ -79,7 +83,10 @@ class Augmenter:
             return to_float(x)
         gen = self.generator(x.device)
         if self.modality == "vector":
-            return vector_weak(x, gen) if view == "weak" else vector_strong(x, gen)
+            center, scale = self.feature_stats if self.feature_stats is not None else (None, None)
+            if view == "weak":
+                return vector_weak(x, gen, scale=scale)
+            return vector_strong(x, gen, scale=scale, center=center)
         if view == "weak":
             return weak(x, gen, hflip=self.hflip, translate=self.translate)
         return strong(

@@ -256,22 +256,39 @@ def strong(
 # --- vectors ----------------------------------------------------------------------------------------------
 
 
-def vector_weak(x: Tensor, generator: torch.Generator | None = None, noise: float = 0.1) -> Tensor:
-    """Add Gaussian noise of std `noise` to standardised features."""
+def vector_weak(
+    x: Tensor, generator: torch.Generator | None = None, noise: float = 0.1, scale: Tensor | None = None
+) -> Tensor:
+    """Add Gaussian noise of `noise` standard deviations of each feature.
+
+    `scale` holds the features' standard deviations (shape (D,)); None means the features are already
+    standardised (scale 1). Raw features keep their units, so the noise is `noise * scale` per feature.
+    """
     x = _vectors(x)
-    return x + noise * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return x + noise * (eps if scale is None else eps * scale.to(x.device, x.dtype))
 
 
-def vector_strong(x: Tensor, generator: torch.Generator | None = None, noise: float = 0.3, drop: float = 0.2) -> Tensor:
-    """Add Gaussian noise of std `noise`, then zero round(drop * D) random features of each sample."""
+def vector_strong(
+    x: Tensor,
+    generator: torch.Generator | None = None,
+    noise: float = 0.3,
+    drop: float = 0.2,
+    scale: Tensor | None = None,
+    center: Tensor | None = None,
+) -> Tensor:
+    """Add Gaussian noise of `noise` standard deviations, then reset round(drop * D) random features of each
+    sample to their mean (`center`, shape (D,); None: standardised features, mean 0), where they carry no
+    information. `scale` as in `vector_weak`."""
     _check_fraction("drop", drop)
-    x = _vectors(x)
-    n, d = x.shape
-    out = x + noise * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    # Zero is the mean of a standardised feature, so a dropped feature carries no information.
-    scores = torch.rand((n, d), generator=generator, device=x.device)
+    out = vector_weak(x, generator, noise, scale)
+    n, d = out.shape
+    scores = torch.rand((n, d), generator=generator, device=out.device)
     k = int(drop * d + 0.5)
     if k == 0:
         return out
     dropped = scores.argsort(dim=1)[:, :k]
-    return out.scatter_(1, dropped, 0.0)
+    if center is None:
+        return out.scatter_(1, dropped, 0.0)
+    means = center.to(out.device, out.dtype).expand(n, d)
+    return out.scatter_(1, dropped, means.gather(1, dropped))

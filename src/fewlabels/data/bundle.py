@@ -63,7 +63,9 @@ class DataBundle:
             mean, std = x.mean(dim=dims), x.std(dim=dims)
         else:
             mean, std = x.mean(dim=0), x.std(dim=0)
-        return mean.tolist(), std.clamp_min(1e-6).tolist()
+        # A constant feature (or blank channel) keeps scale 1, like scikit-learn's StandardScaler: a tiny std would
+        # blow up any test value that differs from the training constant.
+        return mean.tolist(), torch.where(std < 1e-6, torch.ones_like(std), std).tolist()
 
     def keep_classes(self, classes: list[str | int]) -> DataBundle:
         """A bundle restricted to `classes` (names or indices), relabeled 0..k-1 in the given order.

@@ -33,7 +33,8 @@ DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 DIGITS_TEST_FRACTION = 0.3
 DIGITS_SPLIT_SEED = 20240517
-"""Seed of the fixed digits test split; independent of the run seed so every run scores the same images."""
+"""Seed of the fixed test split of scikit-learn's bundled sets (digits, wine, breast_cancer, iris); independent of
+the run seed so every run scores the same rows."""
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
@@ -121,6 +122,54 @@ def load_digits(root: str | None = None, download: bool = False, **kw: Any) -> D
         hflip=False,
         default_model="cnn",
     )
+
+
+# ------------------------------------------------------------------------ scikit-learn's bundled tables
+
+
+def _sklearn_table(name: str, load: Callable[[], Any], kw: dict[str, Any]) -> DataBundle:
+    """A bundled scikit-learn table as vectors (raw features; the models standardize), with the digits-style fixed
+    30% stratified test split."""
+    _no_options(name, kw)
+    d = load()
+    x = np.asarray(d.data, dtype=np.float32)
+    y = np.asarray(d.target, dtype=np.int64)
+    train, test = stratified_holdout(y, DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
+    return DataBundle(
+        name=name,
+        x_train=torch.from_numpy(x[train]),
+        y_train=_labels(y[train]),
+        classes=[str(c) for c in d.target_names],
+        modality="vector",
+        x_test=torch.from_numpy(x[test]),
+        y_test=_labels(y[test]),
+        hflip=False,
+        default_model="mlp",
+    )
+
+
+@DATASETS.register("wine")
+def load_wine(root: str | None = None, download: bool = False, **kw: Any) -> DataBundle:
+    """scikit-learn wine: 178 wines, 13 chemical measurements, 3 cultivars; fixed 30% stratified test split."""
+    from sklearn.datasets import load_wine as sk_load
+
+    return _sklearn_table("wine", sk_load, kw)
+
+
+@DATASETS.register("breast_cancer")
+def load_breast_cancer(root: str | None = None, download: bool = False, **kw: Any) -> DataBundle:
+    """scikit-learn breast cancer: 569 tumours, 30 features, malignant/benign; fixed 30% stratified test split."""
+    from sklearn.datasets import load_breast_cancer as sk_load
+
+    return _sklearn_table("breast_cancer", sk_load, kw)
+
+
+@DATASETS.register("iris")
+def load_iris(root: str | None = None, download: bool = False, **kw: Any) -> DataBundle:
+    """scikit-learn iris: 150 flowers, 4 measurements, 3 species; fixed 30% stratified test split."""
+    from sklearn.datasets import load_iris as sk_load
+
+    return _sklearn_table("iris", sk_load, kw)
 
 
 # ---------------------------------------------------------------------------------------------- mnist1d

@@ -42,6 +42,10 @@ def save_model(folder: Path, model: nn.Module, bundle: Any, cfg: Config, name: s
 class Run:
     """Read access to a run folder written by `fewlabels.train`."""
 
+    classic_model: Any = None
+    """A classic baseline's fitted scikit-learn Pipeline, in memory only, on the Run that `train` returned after
+    fitting it; None otherwise (a classic run keeps no model file)."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if not (self.path / "config.yaml").exists():
@@ -74,9 +78,10 @@ class Run:
         return self.model_info()["classes"]
 
     def model_info(self, which: str = "model") -> dict[str, Any]:
-        """What `save_model` recorded about the model."""
+        """What `save_model` recorded about the model; a classic baseline's run keeps none (a ConfigError)."""
         path = self.path / f"{which}.json"
         if not path.exists():
+            self._refuse_classic()
             if which == "best" and self.summary:
                 raise ConfigError(
                     f"{self.path} had no validation set, so no best model was kept: use --which model, "
@@ -84,6 +89,18 @@ class Run:
                 )
             raise ConfigError(f"{self.path} has no {which}.safetensors yet: the run has not finished")
         return json.loads(path.read_text())
+
+    def _refuse_classic(self) -> None:
+        from fewlabels.algorithms.classic import is_classic
+
+        name = self.config.algorithm.name
+        if is_classic(name):
+            raise ConfigError(
+                f"{self.path} is a run of the classic baseline {name!r}: classic baselines keep no model (the "
+                "scikit-learn fit is never pickled), so there is nothing to load, evaluate or predict with; for "
+                "predictions fit the Python estimator, "
+                f"fewlabels.estimator.SemiSupervisedClassifier(algorithm={name!r})"
+            )
 
     def load_model(self, which: str = "model") -> nn.Module:
         """The final EMA model ('model') or the best-on-validation one ('best'), in eval mode, on the CPU."""

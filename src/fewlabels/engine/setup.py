@@ -125,8 +125,9 @@ def init_from_run(model: nn.Module, run_folder: str) -> list[str]:
     return copied
 
 
-def build_context(cfg: Config, info: DistInfo, resume: bool) -> Context:
-    """Load the data and split, build model, EMA, algorithm, optimizer, augmenter and samplers."""
+def build_context(cfg: Config, info: DistInfo, resume: bool, bundle: DataBundle | None = None) -> Context:
+    """Load the data (or take the in-memory `bundle`) and split, build model, EMA, algorithm, optimizer, augmenter
+    and samplers."""
     ALGORITHMS.get(cfg.algorithm.name)  # unknown names fail before any data is read
     if cfg.model.name is not None:
         MODELS.get(cfg.model.name)
@@ -137,12 +138,13 @@ def build_context(cfg: Config, info: DistInfo, resume: bool) -> Context:
     prepare_folder(cfg, folder, resume, info)
 
     d = cfg.data
-    first = info.enabled and d.download  # rank 0 downloads alone, the others then read its files
-    if first and not info.is_main:
-        dist.barrier()
-    bundle = load_data(d)
-    if first and info.is_main:
-        dist.barrier()
+    if bundle is None:
+        first = info.enabled and d.download  # rank 0 downloads alone, the others then read its files
+        if first and not info.is_main:
+            dist.barrier()
+        bundle = load_data(d)
+        if first and info.is_main:
+            dist.barrier()
     split_path = folder / "split.json"
     if resume and split_path.exists():
         split = Split.load(split_path)
@@ -217,7 +219,12 @@ def build_context(cfg: Config, info: DistInfo, resume: bool) -> Context:
         ema=ema,
         algorithm=probe,
         optimizer=build_optimizer(raw_model, cfg.optim),
-        augmenter=Augmenter(bundle.modality, hflip=bundle.hflip, seed=t.seed * 1000 + info.rank),
+        augmenter=Augmenter(
+            bundle.modality,
+            hflip=bundle.hflip,
+            seed=t.seed * 1000 + info.rank,
+            feature_stats=(torch.tensor(mean), torch.tensor(std)) if bundle.modality == "vector" else None,
+        ),
         labeled=labeled,
         unlabeled=unlabeled,
         x_train=bundle.x_train.to(device),

@@ -17,7 +17,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from fewlabels.algorithms import Batch, BatchPart, StepContext
+from fewlabels.algorithms.classic import fit_classic, is_classic, resolve_algorithm_name
 from fewlabels.config import Config, parse_duration, resolve_config
+from fewlabels.data import DataBundle
 from fewlabels.engine import checkpoint as ckpt
 from fewlabels.engine.budget import BudgetPlanner
 from fewlabels.engine.distributed import (
@@ -43,16 +45,23 @@ from fewlabels.errors import ConfigError, TrainingDiverged
 from fewlabels.io import atomic_write_text
 
 
-def train(config: Config | dict | str | Path | None = None, **overrides: Any) -> Run:
+def train(config: Config | dict | str | Path | None = None, *, data: DataBundle | None = None, **overrides: Any) -> Run:
     """Train a model as `config` (a Config, a nested dict or a YAML path, plus dotted overrides) says; return the Run.
 
-    With `resume=True` (given as an override) a run folder holding a checkpoint continues from it.
+    With `resume=True` (given as an override) a run folder holding a checkpoint continues from it. `data` trains on
+    an in-memory DataBundle instead of loading `config.data.dataset` (the scikit-learn estimator's path); the split,
+    labels-per-class and validation settings of `config.data` still apply to it, and a resume must pass the same
+    data (the saved split's checksum is checked against it). A classic baseline (`label_spreading`,
+    `label_propagation`, `self_training`) is one scikit-learn fit on the same split instead of the loop
+    (`fewlabels.algorithms.classic.fit_classic`).
     """
     resume = bool(overrides.pop("resume", False))
     cfg = resolve_config(config, **overrides)
+    if is_classic(resolve_algorithm_name(cfg.algorithm.name)):  # unknown names raise, suggesting from both kinds
+        return fit_classic(cfg, data, resume=resume)
     info = init_distributed(cfg.train.device)
     try:
-        ctx = build_context(cfg, info, resume)
+        ctx = build_context(cfg, info, resume, bundle=data)
         return _loop(ctx, resume)
     finally:
         cleanup(info)

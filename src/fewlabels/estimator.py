@@ -1,0 +1,311 @@
+"""The scikit-learn facade: `SemiSupervisedClassifier` and a cross-validation splitter for semi-supervised data.
+
+`fit(X, y)` follows scikit-learn's `semi_supervised` convention (y == -1 marks an unlabeled sample) and trains with
+the same engine as `fewlabels train` (`fewlabels.train(config, data=bundle)`): there is no second training loop.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import StratifiedKFold
+from sklearn.utils import _safe_indexing
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from fewlabels.data import DataBundle
+from fewlabels.data.formats import _npz_inputs
+from fewlabels.errors import ConfigError
+
+UNLABELED = -1
+"""The label that marks an unlabeled sample (scikit-learn's convention); the string "-1" too in string labels."""
+
+
+def unlabeled_mask(y: np.ndarray) -> np.ndarray:
+    """True where `y` marks an unlabeled sample: -1 in numeric labels, -1, "-1" or None in string/object labels."""
+    y = np.asarray(y)
+    if y.dtype.kind in "iuf":
+        return y == UNLABELED
+    return np.fromiter((v is None or v == UNLABELED or v == "-1" for v in y.tolist()), dtype=bool, count=len(y))
+
+
+def auto_model(input_shape: tuple[int, ...]) -> str:
+    """The backbone `model="auto"` picks: `mlp` for vectors, `cnn` for images up to 36 px, `resnet18` beyond."""
+    if len(input_shape) == 1:
+        return "mlp"
+    return "cnn" if min(input_shape[1:]) <= 36 else "resnet18"
+
+
+class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
+    """A semi-supervised classifier with scikit-learn's interface, trained by fewlabels' engine.
+
+    `fit(X, y)`: rows with `y == -1` are unlabeled (for string labels, -1, "-1" or None). X holds feature vectors
+    (N, D), grayscale images (N, H, W) or images (N, H, W, C) / (N, C, H, W) with C in {1, 3}, as uint8 pixels or
+    floats in [0, 1]. Labels may be integers or strings; `classes_` are the sorted labeled values.
+
+    Parameters
+    ----------
+    algorithm: a registered algorithm (`fewlabels.list_algorithms()`), e.g. "fixmatch", "flexmatch", "mean_teacher",
+        "supervised", or a classic scikit-learn baseline ("label_spreading", "label_propagation", "self_training").
+    model: a registered model (`fewlabels.list_models()`) or "auto" (mlp for vectors, cnn for images up to 36 px,
+        resnet18 for larger images).
+    steps: optimizer steps.
+    batch_size: labeled batch size B; the unlabeled batch is `unlabeled_ratio` * B.
+    unlabeled_ratio: mu, unlabeled samples per labeled sample in a step.
+    lr: peak learning rate (SGD with Nesterov momentum and cosine decay unless `config` says otherwise).
+    algorithm_options: the algorithm's own options, e.g. {"threshold": 0.9}.
+    model_options: the model factory's options, e.g. {"hidden": [256, 128]} for mlp.
+    hflip: whether a horizontal flip keeps the class of an image (True for most photos, False for digits or text).
+    val_per_class: labeled examples held out per class for validation (0: every label trains the model).
+    config: further engine settings as dotted keys, e.g. {"optim.optimizer": "adamw", "train.ema": 0.99}, or the
+        path of a YAML config whose values the parameters above override.
+    device: "auto" (CUDA when available), "cpu" or "cuda:N".
+    random_state: seed of the label split, the data order and the initialisation (an int; None draws one).
+    out: a folder to keep the run in (config, split, metrics, checkpoints, model); None trains in a temporary
+        folder that is deleted after `fit`.
+    verbose: show the engine's progress bar.
+
+    Attributes after fit: `classes_`, `n_features_in_` (for vectors), `input_shape_`, `model_` (the final EMA
+    model, a torch module in eval mode on the CPU; None for classic baselines), `summary_` (the run's
+    summary.json), `run_path_` (None unless `out` is given).
+    """
+
+    def __init__(
+        self,
+        algorithm: str = "fixmatch",
+        model: str = "auto",
+        *,
+        steps: int = 1000,
+        batch_size: int = 64,
+        unlabeled_ratio: int = 7,
+        lr: float = 0.03,
+        algorithm_options: Mapping[str, Any] | None = None,
+        model_options: Mapping[str, Any] | None = None,
+        hflip: bool = False,
+        val_per_class: int = 0,
+        config: Mapping[str, Any] | str | None = None,
+        device: str = "auto",
+        random_state: int | None = 0,
+        out: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.algorithm = algorithm
+        self.model = model
+        self.steps = steps
+        self.batch_size = batch_size
+        self.unlabeled_ratio = unlabeled_ratio
+        self.lr = lr
+        self.algorithm_options = algorithm_options
+        self.model_options = model_options
+        self.hflip = hflip
+        self.val_per_class = val_per_class
+        self.config = config
+        self.device = device
+        self.random_state = random_state
+        self.out = out
+        self.verbose = verbose
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        return tags
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, X: Any, y: Any) -> SemiSupervisedClassifier:
+        """Train on X with labels y, where y == -1 marks the unlabeled rows; returns self."""
+        X, y = self._check_fit_input(X, y)
+        unlabeled = unlabeled_mask(y)
+        labeled_y = y[~unlabeled]
+        if labeled_y.size == 0:
+            raise ValueError("y has no labeled sample (every label is -1): label at least one sample of each class")
+        check_classification_targets(labeled_y)
+        self.classes_ = np.unique(labeled_y)
+        if len(self.classes_) < 2:
+            raise ValueError(
+                f"the labeled samples hold only 1 class ({self.classes_[0]!r}); a classifier needs labeled samples of "
+                "at least 2 classes"
+            )
+        y_index = np.full(len(y), UNLABELED, dtype=np.int64)
+        y_index[~unlabeled] = np.searchsorted(self.classes_, labeled_y)
+
+        x = self._to_tensor(X)
+        self.input_shape_ = tuple(x.shape[1:])
+        modality = "vector" if x.ndim == 2 else "image"
+        algorithm = self.algorithm
+        if not unlabeled.any() and algorithm != "supervised" and not _is_classic(algorithm):
+            warnings.warn(
+                f"y holds no unlabeled sample (-1), so there is nothing for {algorithm!r} to learn from: "
+                "training 'supervised' on the labels alone",
+                UserWarning,
+                stacklevel=2,
+            )
+            algorithm = "supervised"
+        bundle = DataBundle(
+            name="arrays",
+            x_train=x,
+            y_train=torch.from_numpy(y_index),
+            classes=[str(c) for c in self.classes_],
+            modality=modality,
+            hflip=bool(self.hflip),
+            default_model=auto_model(self.input_shape_),
+            labels_are_given=True,
+        )
+        self._fit_bundle(bundle, algorithm)
+        return self
+
+    def _fit_bundle(self, bundle: DataBundle, algorithm: str) -> None:
+        from fewlabels.config import resolve_config
+        from fewlabels.engine.trainer import train
+
+        seed = self._seed()
+        overrides: dict[str, Any] = {
+            "data.dataset": "arrays",
+            "data.val_per_class": int(self.val_per_class),
+            "model.name": None if self.model == "auto" else self.model,
+            "model.options": dict(self.model_options or {}),
+            "algorithm": {"name": algorithm, **dict(self.algorithm_options or {})},
+            "optim.lr": float(self.lr),
+            "train.steps": int(self.steps),
+            "train.budget": None,
+            "train.batch_size": int(self.batch_size),
+            "train.unlabeled_ratio": int(self.unlabeled_ratio),
+            "train.seed": seed,
+            "train.device": self.device,
+            "train.progress": bool(self.verbose),
+        }
+        base: Any = self.config
+        if isinstance(base, Mapping):
+            overrides = {**{k: v for k, v in base.items() if k not in overrides}, **overrides}
+            base = None
+        with tempfile.TemporaryDirectory(prefix="fewlabels-fit-") as tmp:
+            out = Path(self.out) if self.out is not None else Path(tmp) / "run"
+            cfg = resolve_config(base, **overrides, out=str(out))
+            run = train(cfg, data=bundle)
+            self.summary_ = run.summary
+            self.model_ = None if _is_classic(algorithm) else run.load_model("model")
+            self.classic_ = getattr(run, "classic_model", None)
+            self.run_path_ = str(out) if self.out is not None else None
+
+    def _seed(self) -> int:
+        rs = self.random_state
+        if rs is None:
+            return int(np.random.default_rng().integers(2**31 - 1))
+        if isinstance(rs, np.random.RandomState):
+            return int(rs.randint(2**31 - 1))
+        if isinstance(rs, (int, np.integer)) and not isinstance(rs, bool):
+            return int(rs)
+        raise ConfigError(f"random_state must be an int, None or a numpy RandomState, got {rs!r}")
+
+    # ------------------------------------------------------------------ predict
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, shape (N, len(classes_)), columns in the order of `classes_`."""
+        check_is_fitted(self, "classes_")
+        x = self._to_tensor(self._check_predict_input(X))
+        if tuple(x.shape[1:]) != self.input_shape_:
+            raise ValueError(
+                f"X has samples of shape {tuple(x.shape[1:])}, but {type(self).__name__} was fitted on "
+                f"{self.input_shape_}"
+            )
+        if self.classic_ is not None:  # scikit-learn's own probabilities (LabelSpreading's may hold NaN rows)
+            return np.asarray(self.classic_.predict_proba(x.numpy()), dtype=np.float64)
+        from fewlabels.engine.evaluate import predict_logits
+
+        with torch.no_grad():
+            probs = predict_logits(self.model_, x).double().softmax(-1).numpy()
+        return probs / probs.sum(axis=1, keepdims=True)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class of each row, as a value of `classes_`."""
+        proba = self.predict_proba(X)
+        if self.classic_ is not None:  # the classic method's own decision (an SVC's can differ from its argmax)
+            return self.classes_[self.classic_.predict(self._to_tensor(self._check_predict_input(X)).numpy())]
+        return self.classes_[proba.argmax(axis=1)]
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Accuracy on the labeled rows of (X, y); rows with y == -1 are left out."""
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y.ravel()
+        keep = ~unlabeled_mask(y)
+        if not keep.any():
+            raise ValueError("score needs labeled samples: every label in y is -1")
+        if not keep.all():
+            X, y = _safe_indexing(X, np.flatnonzero(keep)), y[keep]
+            sample_weight = None if sample_weight is None else np.asarray(sample_weight)[keep]
+        return super().score(X, y, sample_weight=sample_weight)
+
+    # ------------------------------------------------------------------ input checks
+
+    def _check_fit_input(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        X, y = validate_data(
+            self, X, y, allow_nd=True, dtype=(np.float32, np.float64, np.uint8), ensure_min_samples=1, y_numeric=False
+        )
+        if X.ndim > 4:
+            raise ValueError(f"X has {X.ndim} dimensions; give (N, D) vectors or (N, H, W) / (N, H, W, C) images")
+        if X.ndim > 2 and hasattr(self, "n_features_in_"):
+            del self.n_features_in_  # images: n_features_in_ would be the image height
+        return X, np.asarray(y)
+
+    def _check_predict_input(self, X: Any) -> np.ndarray:
+        return validate_data(self, X, allow_nd=True, dtype=(np.float32, np.float64, np.uint8), reset=False)
+
+    @staticmethod
+    def _to_tensor(X: np.ndarray) -> torch.Tensor:
+        x = np.array(X, copy=True)  # own, writable memory (X may be a read-only memmap)
+        return _npz_inputs(x, "X", Path("the input"))
+
+
+def _is_classic(name: str) -> bool:
+    try:
+        from fewlabels.algorithms.classic import is_classic
+    except ImportError:
+        return False
+    return is_classic(name)
+
+
+class SemiSupervisedKFold:
+    """K-fold cross-validation for semi-supervised data: every training fold keeps all unlabeled rows (y == -1),
+    and the labeled rows are split into stratified folds, so each test fold holds labeled rows only.
+
+    Use it as `cv=` of `cross_val_score` or `GridSearchCV`; scores are then computed on labeled rows only.
+    """
+
+    def __init__(self, n_splits: int = 5, *, shuffle: bool = True, random_state: int | None = 0) -> None:
+        if n_splits < 2:
+            raise ValueError(f"n_splits must be at least 2, got {n_splits}")
+        self.n_splits = n_splits
+        self.shuffle = shuffle
+        self.random_state = random_state
+
+    def get_n_splits(self, X: Any = None, y: Any = None, groups: Any = None) -> int:
+        """The number of folds."""
+        return self.n_splits
+
+    def split(self, X: Any, y: Any, groups: Any = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (train, test) index arrays: train = unlabeled rows + the other labeled folds, test = one fold."""
+        if y is None:
+            raise ValueError("SemiSupervisedKFold needs y (with -1 for unlabeled rows) to split")
+        y = np.asarray(y).ravel()
+        unlabeled = np.flatnonzero(unlabeled_mask(y))
+        labeled = np.flatnonzero(~unlabeled_mask(y))
+        if labeled.size < self.n_splits:
+            raise ValueError(f"{labeled.size} labeled rows cannot fill {self.n_splits} test folds; use fewer splits")
+        inner = StratifiedKFold(
+            self.n_splits, shuffle=self.shuffle, random_state=self.random_state if self.shuffle else None
+        )
+        for train_l, test_l in inner.split(np.zeros(labeled.size), y[labeled]):
+            yield np.sort(np.concatenate([unlabeled, labeled[train_l]])), labeled[test_l]
+
+    def __repr__(self) -> str:
+        return (
+            f"SemiSupervisedKFold(n_splits={self.n_splits}, shuffle={self.shuffle}, random_state={self.random_state})"
+        )

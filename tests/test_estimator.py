@@ -1,0 +1,233 @@
+"""The scikit-learn facade: SemiSupervisedClassifier and SemiSupervisedKFold."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import fewlabels
+from fewlabels.estimator import SemiSupervisedClassifier, SemiSupervisedKFold, auto_model, unlabeled_mask
+
+FAST = {"steps": 100, "batch_size": 16, "unlabeled_ratio": 2}
+
+# The checks of scikit-learn that cannot apply to a semi-supervised estimator, with the reason (also in the README).
+EXPECTED_FAILED_CHECKS = {
+    "check_classifiers_classes": "its last case uses -1 as a class label, which scikit-learn's semi-supervised "
+    "convention (and ours) reserves for unlabeled samples",
+}
+
+
+@parametrize_with_checks(
+    [SemiSupervisedClassifier(**FAST), SemiSupervisedClassifier("supervised", **FAST)],
+    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
+)
+def test_sklearn_compatible(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # fully labeled y: "training 'supervised'"
+        check(estimator)
+
+
+@pytest.fixture(scope="module")
+def digits_split():
+    """Raw digits features (0..16, several constant columns), 4 labels per class, the rest unlabeled."""
+    X, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(y))
+    test, train = order[:500], order[500:]
+    y_train = y[train]
+    labeled = np.concatenate([np.flatnonzero(y_train == c)[:4] for c in range(10)])
+    y_semi = np.full(len(train), -1)
+    y_semi[labeled] = y_train[labeled]
+    return X[train], y_semi, X[test], y[test]
+
+
+def test_fixmatch_beats_labels_only_on_raw_features(digits_split):
+    """Unscaled features with constant columns (the model and the vector augmentation standardise them)."""
+    X, y, X_test, y_test = digits_split
+    sup = SemiSupervisedClassifier("supervised", steps=300).fit(X, y).score(X_test, y_test)
+    fm = SemiSupervisedClassifier("fixmatch", steps=300).fit(X, y).score(X_test, y_test)
+    assert sup > 0.6, sup  # learns at all from 40 raw-scale labels
+    assert fm > sup + 0.04, (fm, sup)
+
+
+def test_string_labels_and_unlabeled_markers(digits_split):
+    X, y, X_test, y_test = digits_split
+    names = np.array([f"digit-{c}" for c in range(10)], dtype=object)
+    y_str = np.where(y >= 0, names[np.maximum(y, 0)], None).astype(object)
+    y_str[np.flatnonzero(y < 0)[:5]] = -1
+    y_str[np.flatnonzero(y < 0)[5:10]] = "-1"
+    assert unlabeled_mask(y_str).sum() == (y < 0).sum()
+    clf = SemiSupervisedClassifier("supervised", steps=200).fit(X, y_str)
+    assert list(clf.classes_) == sorted(names.tolist())
+    pred = clf.predict(X_test)
+    assert set(pred) <= set(names.tolist())
+    assert clf.score(X_test, names[y_test]) == pytest.approx(np.mean(pred == names[y_test]))
+    proba = clf.predict_proba(X_test)
+    assert proba.shape == (len(X_test), 10)
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-9)
+
+
+def test_the_run_is_the_engines_run(tmp_path, digits_split):
+    """out= keeps a normal run folder: the resolved config, the split (labeled rows = the rows with a label)."""
+    X, y, _, _ = digits_split
+    out = tmp_path / "run"
+    clf = SemiSupervisedClassifier("fixmatch", steps=20, out=str(out), random_state=3).fit(X, y)
+    assert clf.run_path_ == str(out)
+    split = json.loads((out / "split.json").read_text())
+    assert sorted(split["labeled"]) == np.flatnonzero(y >= 0).tolist()
+    assert len(split["val"]) == 0
+    cfg = fewlabels.Run(out).config
+    assert cfg.algorithm.name == "fixmatch" and cfg.train.steps == 20 and cfg.train.seed == 3
+    assert cfg.model.name is None and clf.summary_["model"] == "mlp"
+    # The estimator's model is the run's final EMA model.
+    run_model = fewlabels.Run(out).load_model()
+    x = torch.from_numpy(X[:7].astype(np.float32))
+    np.testing.assert_allclose(clf.predict_proba(X[:7]), run_model(x).double().softmax(-1).detach().numpy(), atol=1e-6)
+
+
+def test_without_out_nothing_is_left_behind(tmp_path, monkeypatch, digits_split):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    X, y, _, _ = digits_split
+    clf = SemiSupervisedClassifier("supervised", steps=5).fit(X, y)
+    assert clf.run_path_ is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_seed_fixes_the_result_and_config_reaches_the_engine(digits_split):
+    X, y, X_test, _ = digits_split
+    a = SemiSupervisedClassifier("fixmatch", steps=30, random_state=1).fit(X, y).predict_proba(X_test)
+    b = SemiSupervisedClassifier("fixmatch", steps=30, random_state=1).fit(X, y).predict_proba(X_test)
+    c = SemiSupervisedClassifier("fixmatch", steps=30, random_state=2).fit(X, y).predict_proba(X_test)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    clf = SemiSupervisedClassifier("fixmatch", steps=10, config={"optim.optimizer": "adamw", "train.ema": 0.5})
+    clf.fit(X, y)
+    assert clf.summary_["steps"] == 10
+
+
+def test_images_in_every_layout(digits_split):
+    X, y, X_test, y_test = digits_split
+    pixels = (X / 16 * 255).round().astype(np.uint8).reshape(-1, 8, 8)
+    assert auto_model((1, 8, 8)) == "cnn" and auto_model((3, 64, 64)) == "resnet18" and auto_model((5,)) == "mlp"
+    clf = SemiSupervisedClassifier("supervised", steps=60).fit(pixels, y)
+    assert clf.summary_["model"] == "cnn" and clf.input_shape_ == (1, 8, 8)
+    p_gray = clf.predict_proba(pixels[:9])
+    # The same images as floats in [0, 1], and as (N, H, W, 1): identical inputs to the model.
+    np.testing.assert_allclose(clf.predict_proba(pixels[:9] / 255.0), p_gray, atol=1e-6)
+    np.testing.assert_allclose(clf.predict_proba(pixels[:9, :, :, None]), p_gray, atol=1e-6)
+    rgb = np.repeat(pixels[:, :, :, None], 3, axis=3)
+    clf_rgb = SemiSupervisedClassifier("supervised", steps=5).fit(rgb, y)
+    assert clf_rgb.input_shape_ == (3, 8, 8)
+    with pytest.raises(ValueError, match="shape"):
+        clf_rgb.predict_proba(pixels[:3])
+
+
+def test_bad_input_is_named():
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    with pytest.raises(ValueError, match="no labeled sample"):
+        SemiSupervisedClassifier(**FAST).fit(X, np.full(20, -1))
+    with pytest.raises(ValueError, match="1 class"):
+        SemiSupervisedClassifier(**FAST).fit(X, np.r_[np.zeros(5), -np.ones(15)])
+    with pytest.raises(ValueError, match="continuous|Unknown label type"):
+        SemiSupervisedClassifier(**FAST).fit(X, np.linspace(0, 1, 20))
+    with pytest.raises(ValueError, match="unknown algorithm|did you mean"):
+        SemiSupervisedClassifier("fixmach", **FAST).fit(X, np.r_[np.zeros(5), np.ones(5), -np.ones(10)])
+    clf = SemiSupervisedClassifier("supervised", **FAST).fit(X, np.r_[np.zeros(5), np.ones(5), -np.ones(10)])
+    with pytest.raises(ValueError, match="2 features"):
+        clf.predict(X[:, :2])
+
+
+def test_fully_labeled_y_trains_supervised_with_a_warning():
+    X = np.random.default_rng(0).normal(size=(30, 4))
+    y = (X[:, 0] > 0).astype(int)
+    with pytest.warns(UserWarning, match="no unlabeled sample"):
+        clf = SemiSupervisedClassifier("fixmatch", **FAST).fit(X, y)
+    assert clf.summary_["algorithm"] == "supervised"
+
+
+def test_score_leaves_unlabeled_rows_out(digits_split):
+    X, y, X_test, y_test = digits_split
+    clf = SemiSupervisedClassifier("supervised", steps=50).fit(X, y)
+    mixed_y = np.r_[y_test, -np.ones(100, dtype=int)]
+    mixed_x = np.r_[X_test, X_test[:100]]
+    assert clf.score(mixed_x, mixed_y) == pytest.approx(clf.score(X_test, y_test))
+
+
+def test_pickle_and_clone(digits_split):
+    X, y, X_test, _ = digits_split
+    clf = SemiSupervisedClassifier("supervised", steps=20, algorithm_options=None).fit(X, y)
+    again = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(again.predict_proba(X_test), clf.predict_proba(X_test))
+    fresh = clone(clf)
+    assert fresh.get_params() == clf.get_params() and not hasattr(fresh, "classes_")
+
+
+def test_semi_supervised_kfold_keeps_unlabeled_rows_in_training():
+    y = np.r_[np.repeat([0, 1, 2], 6), -np.ones(10, dtype=int)]
+    unlabeled = set(np.flatnonzero(y < 0).tolist())
+    cv = SemiSupervisedKFold(3, random_state=0)
+    folds = list(cv.split(np.zeros((len(y), 2)), y))
+    assert len(folds) == cv.get_n_splits() == 3
+    tested = []
+    for train, test in folds:
+        assert unlabeled <= set(train.tolist())
+        assert (y[test] >= 0).all()
+        assert np.bincount(y[test]).tolist() == [2, 2, 2]  # stratified
+        assert not set(train.tolist()) & set(test.tolist())
+        tested += test.tolist()
+    assert sorted(tested) == np.flatnonzero(y >= 0).tolist()  # every labeled row is tested exactly once
+    with pytest.raises(ValueError, match="labeled rows"):
+        list(SemiSupervisedKFold(5).split(np.zeros((6, 1)), np.r_[0, 1, 0, -1, -1, -1]))
+
+
+def test_pipeline_and_grid_search(digits_split):
+    X, y, X_test, y_test = digits_split
+    pipe = Pipeline([("scale", StandardScaler()), ("clf", SemiSupervisedClassifier("supervised", steps=40))])
+    grid = GridSearchCV(pipe, {"clf__lr": [0.003, 0.1]}, cv=SemiSupervisedKFold(2, random_state=0))
+    grid.fit(X, y)
+    assert grid.best_params_["clf__lr"] in (0.003, 0.1)
+    assert grid.cv_results_["mean_test_score"].shape == (2,)
+    assert grid.score(X_test, y_test) > 0.3
+    scores = cross_val_score(SemiSupervisedClassifier("supervised", steps=20), X, y, cv=SemiSupervisedKFold(2))
+    assert scores.shape == (2,) and np.all((scores >= 0) & (scores <= 1))
+
+
+def test_constant_features_keep_unit_scale():
+    from fewlabels.data import DataBundle
+
+    x = torch.tensor([[1.0, 7.0], [3.0, 7.0], [5.0, 7.0]])
+    bundle = DataBundle("t", x, torch.tensor([0, 1, -1]), ["a", "b"], modality="vector")
+    mean, std = bundle.channel_stats()
+    assert mean == [3.0, 7.0] and std == [2.0, 1.0]
+
+
+@pytest.mark.parametrize("algorithm", ["label_spreading", "self_training"])
+def test_classic_baselines_through_the_estimator(algorithm, digits_split):
+    """The estimator wraps scikit-learn's own method: same predictions as the Pipeline fitted by hand."""
+    from fewlabels.algorithms.classic import make_classic
+
+    X, y, X_test, y_test = digits_split
+    clf = SemiSupervisedClassifier(
+        algorithm, algorithm_options={"n_neighbors": 10} if algorithm == "label_spreading" else None
+    )
+    clf.fit(X, y)
+    assert clf.model_ is None and clf.summary_["steps"] == 0
+    options = {"n_neighbors": 10} if algorithm == "label_spreading" else {}
+    by_hand = make_classic(algorithm, "vector", **options).fit(X.astype(np.float32), y)
+    np.testing.assert_array_equal(clf.predict(X_test), by_hand.predict(X_test.astype(np.float32)))
+    np.testing.assert_allclose(clf.predict_proba(X_test), by_hand.predict_proba(X_test.astype(np.float32)))
+    assert clf.score(X_test, y_test) > 0.7
