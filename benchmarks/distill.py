@@ -3,7 +3,8 @@
 ('fixed') and against the same MLP trained on every label. Every student trains for the same number of steps.
 
     python benchmarks/distill.py                  # resumable: finished runs are skipped
-    python benchmarks/distill.py --student-steps 20000
+    python benchmarks/distill.py --student-steps 20000 --workdir benchmarks/work/distill-20k \
+        --results benchmarks/results/distill-20k     # the patient schedule
 
 Writes benchmarks/results/distill.{csv,md}; runs live in benchmarks/work/distill/.
 """
@@ -38,6 +39,7 @@ def main() -> None:
     p.add_argument("--student-steps", type=int, default=4000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default=str(HERE / "work" / "distill"))
+    p.add_argument("--results", type=Path, default=HERE / "results" / "distill", help="output stem (.csv/.md)")
     args = p.parse_args()
     work = Path(args.workdir)
     common = {
@@ -86,7 +88,7 @@ def main() -> None:
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(HERE / "results" / "distill.csv", buf.getvalue())
+    atomic_write_text(args.results.with_suffix(".csv"), buf.getvalue())
     lines = [
         "# Distillation: CNN teacher -> MLP student on Fashion-MNIST",
         "",
@@ -107,7 +109,7 @@ def main() -> None:
             f"{r['steps']} | {r['wall_seconds']:.0f} |"
         )
     text = "\n".join(lines) + "\n"
-    atomic_write_text(HERE / "results" / "distill.md", text)
+    atomic_write_text(args.results.with_suffix(".md"), text)
     print(text)
 
 

@@ -16,11 +16,42 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
 from fewlabels.benchmark import hardware_line
+from fewlabels.data import Split, load_data
+from fewlabels.engine.run import Run
 from fewlabels.io import atomic_write_text
 from fewlabels.pipelines.simclr import STAGES, simclr
 
 HERE = Path(__file__).parent
+PROBE = "pretrain + linear probe"
+
+
+def linear_probe(run: Run) -> dict[str, float]:
+    """The pretrained encoder judged the standard SimCLR way: a logistic regression on its frozen backbone features
+    of the run's labeled rows, scored on the test set (the pretraining run's own classifier is never trained)."""
+    model = run.load_model()
+    bundle = load_data(run.config.data)
+    labeled = np.asarray(Split.load(run.path / "split.json").labeled)
+
+    def feats(x: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return torch.cat([model.features(x[i : i + 1024].float() / 255) for i in range(0, len(x), 1024)]).numpy()
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    probe.fit(feats(bundle.x_train[labeled]), bundle.y_train.numpy()[labeled])
+    test_x = feats(bundle.x_test)
+    y_test = bundle.y_test.numpy()
+    return {
+        "test_auc": float(roc_auc_score(y_test, probe.predict_proba(test_x)[:, 1])),
+        "test_accuracy": float(np.mean(probe.predict(test_x) == y_test)),
+    }
 
 
 def main() -> None:
@@ -66,6 +97,9 @@ def main() -> None:
                     "wall_seconds": s["wall_seconds"],
                 }
             )
+            if stage == "pretrain":
+                probe = linear_probe(result.runs[stage])
+                rows.append({**rows[-1], "stage": PROBE, **probe})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -78,13 +112,14 @@ def main() -> None:
         f"cnn for every stage; pretraining {args.pretrain_steps} steps, the other stages {args.steps} steps, batch 32 "
         "labeled + 224 unlabeled; seeds "
         f"{args.seeds}. Test ROC AUC and accuracy (%) of the final EMA model, mean ± std over seeds; nothing is "
-        "selected on the test set. The pretraining row's classifier is untrained (chance).",
+        "selected on the test set. The pretraining row's own classifier is untrained (chance); the linear-probe row "
+        "judges its encoder: a logistic regression on frozen backbone features of the labeled rows.",
         f"Hardware: {hardware_line()}; wall time of this call {(time.perf_counter() - started) / 60:.0f} min.",
         "",
         "| stage | test ROC AUC | test accuracy | wall (s) |",
         "|---|---|---|---|",
     ]
-    for stage in STAGES:
+    for stage in (STAGES[0], STAGES[1], PROBE, *STAGES[2:]):
         rs = [r for r in rows if r["stage"] == stage]
 
         def stat(key: str, scale: float, digits: int, rs: list = rs) -> str:

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple, TextIO
 import numpy as np
 import torch
 
+from fewlabels.data.formats import fit_image, image_files_under, manifest_paths
 from fewlabels.engine.evaluate import accuracy, binary_roc_auc, per_class_accuracy, predict_logits
 from fewlabels.engine.run import Run
 from fewlabels.errors import ConfigError, DataError
@@ -110,43 +111,6 @@ class _Segment:
     origin: str = ""
 
 
-def _folder_images(folder: Path) -> list[Path]:
-    """Image files under `folder` at any depth, sorted; hidden files and folders left out."""
-    from fewlabels.data.formats import IMAGE_EXTENSIONS
-
-    return [
-        p
-        for p in sorted(folder.rglob("*"))
-        if p.suffix.lower() in IMAGE_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        and p.is_file()
-    ]
-
-
-def _manifest_images(path: Path) -> list[Path]:
-    """The `path` column of a CSV, in row order; relative paths resolve against the CSV's folder."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            fields = [(c or "").strip().lower() for c in (reader.fieldnames or [])]
-            if "path" not in fields:
-                raise DataError(f"{path} needs a header line with a `path` column; found {reader.fieldnames}")
-            reader.fieldnames = fields
-            files = []
-            for row in reader:
-                value = (row.get("path") or "").strip()
-                if not value:
-                    raise DataError(f"line {reader.line_num} of {path} has no path")
-                p = Path(value).expanduser()
-                p = p if p.is_absolute() else path.parent / p
-                if not p.is_file():
-                    raise DataError(f"line {reader.line_num} of {path}: image {p} does not exist")
-                files.append(p)
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"cannot read {path}: {e}") from e
-    return files
-
-
 def _array_file(path: Path) -> np.ndarray:
     """The `x` array of an .npz (loaded) or a .npy array (memory-mapped, read a batch at a time)."""
     try:
@@ -175,9 +139,9 @@ def _collect_inputs(inputs: Sequence[str | os.PathLike[str]], input_shape: tuple
             segments.append(_Segment([f"{p.name}[{i}]" for i in range(len(x))], array=x, origin=str(p)))
             continue
         if p.is_dir():
-            files = _folder_images(p)
+            files = image_files_under(p)
         elif p.is_file() and suffix == ".csv":
-            files = _manifest_images(p)
+            files = manifest_paths(p)
         elif p.is_file():
             files = [p]
         else:
@@ -194,18 +158,6 @@ def _collect_inputs(inputs: Sequence[str | os.PathLike[str]], input_shape: tuple
     return segments
 
 
-def _fit_image(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """HxW or HxWx3 uint8 -> the model's CxHxW (channel count and size)."""
-    from PIL import Image
-
-    c, h, w = shape
-    im = Image.fromarray(arr).convert("L" if c == 1 else "RGB")
-    if im.size != (w, h):
-        im = im.resize((w, h), Image.Resampling.BICUBIC)
-    out = np.asarray(im, dtype=np.uint8)
-    return out[None] if c == 1 else out.transpose(2, 0, 1)
-
-
 def _read_images(files: list[Path], shape: tuple[int, ...]) -> np.ndarray:
     """Decode and fit one batch of image files; an unreadable file is an error that names it."""
     from fewlabels.data.formats import ImageReader
@@ -219,7 +171,7 @@ def _read_images(files: list[Path], shape: tuple[int, ...]) -> np.ndarray:
             cause = e.__cause__
             why = f"{type(cause).__name__}: {cause}" if cause is not None else str(e)
             raise DataError(f"cannot read image {path} ({why}); fix or remove the file, or leave it out") from e
-        out[row] = _fit_image(arr, shape)  # type: ignore[arg-type]
+        out[row] = fit_image(arr, shape)  # type: ignore[arg-type]
     return out
 
 

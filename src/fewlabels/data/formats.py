@@ -484,3 +484,50 @@ def _npz_inputs(x: np.ndarray, key: str, where: Path) -> torch.Tensor:
             f"{key!r} in {where} is an integer image array with values in [{lo:g}, {hi:g}]; pixels must be 0..255"
         )
     return torch.from_numpy(np.ascontiguousarray(x.astype(np.uint8)))
+
+
+def fit_image(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """An HxW or HxWx3 uint8 image as a model's CxHxW: mode conversion (L or RGB), then a bicubic resize where the
+    size differs. `fewlabels predict` and `fewlabels pseudo-label` prepare every image file this way."""
+    c, h, w = shape
+    im = Image.fromarray(arr).convert("L" if c == 1 else "RGB")
+    if im.size != (w, h):
+        im = im.resize((w, h), Image.Resampling.BICUBIC)
+    out = np.asarray(im, dtype=np.uint8)
+    return out[None] if c == 1 else out.transpose(2, 0, 1)
+
+
+def image_files_under(folder: Path) -> list[Path]:
+    """Image files under `folder` at any depth, sorted by path; hidden files and folders are left out."""
+    return [
+        p
+        for p in sorted(folder.rglob("*"))
+        if p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.is_file()
+    ]
+
+
+def manifest_paths(path: Path, check_exists: bool = True) -> list[Path]:
+    """The `path` column of a CSV, in row order; relative paths resolve against the CSV's folder. With
+    `check_exists`, a listed file that does not exist is an error naming its line."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            fields = [(c or "").strip().lower() for c in (reader.fieldnames or [])]
+            if "path" not in fields:
+                raise DataError(f"{path} needs a header line with a `path` column; found {reader.fieldnames}")
+            reader.fieldnames = fields
+            files = []
+            for row in reader:
+                value = (row.get("path") or "").strip()
+                if not value:
+                    raise DataError(f"line {reader.line_num} of {path} has no path")
+                p = Path(value).expanduser()
+                p = p if p.is_absolute() else path.parent / p
+                if check_exists and not p.is_file():
+                    raise DataError(f"line {reader.line_num} of {path}: image {p} does not exist")
+                files.append(p)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+    return files

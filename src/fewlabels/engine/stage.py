@@ -12,6 +12,7 @@ from fewlabels.engine import checkpoint as ckpt
 from fewlabels.engine.run import Run
 from fewlabels.engine.setup import config_diff
 from fewlabels.errors import ConfigError
+from fewlabels.io import atomic_write_text
 
 
 def read_summary(folder: str | Path) -> dict[str, Any] | None:
@@ -62,3 +63,28 @@ def run_stage(config: Config, folder: str | Path) -> Run:
             raise ConfigError(f"{folder} is not empty and is not a run folder: choose another folder")
         shutil.rmtree(folder)
     return train(cfg)
+
+
+def check_pipeline_settings(out: Path, settings: dict[str, Any], kind: str) -> None:
+    """Write OUT/pipeline.json for a new pipeline, or refuse to continue one made with other settings (the
+    difference named); a non-empty folder without pipeline.json is refused too. `kind` names the pipeline."""
+    path = out / "pipeline.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if k != "config" and old.get(k) != v]
+        if old.get("config") != settings["config"]:
+            diff.append("the training config")
+        if diff:
+            raise ConfigError(
+                f"{out} holds a {kind} pipeline with other settings ({'; '.join(diff)}): use the same settings to "
+                "resume it, or another --out"
+            )
+        return
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty and holds no pipeline.json: choose a new or empty folder")
+    atomic_write_text(path, json.dumps(settings, indent=2, default=str))
+
+
+def pct(value: float | None) -> str:
+    """A fraction as a percentage with two decimals for pipeline reports; '-' when missing."""
+    return "-" if value is None else f"{100 * value:.2f}"

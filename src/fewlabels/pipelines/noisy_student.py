@@ -13,7 +13,6 @@ Each stage is a folder of the pipeline folder, so a killed pipeline resumes wher
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from fewlabels.config import Config, resolve_config
 from fewlabels.data import load_data, load_dataset
 from fewlabels.data.split import Split
 from fewlabels.engine.run import Run
-from fewlabels.engine.stage import run_stage
+from fewlabels.engine.stage import check_pipeline_settings, pct, run_stage
 from fewlabels.errors import ConfigError
 from fewlabels.io import atomic_write_text
 from fewlabels.models import MODELS
@@ -115,7 +114,7 @@ def noisy_student(
         "hard": hard,
         "config": base.to_dict(),
     }
-    _check_settings(out, settings)
+    check_pipeline_settings(out, settings, "Noisy Student")
 
     teacher_cfg = base.override(
         **{"algorithm.name": "supervised", "algorithm.options": {"label_smoothing": 0.1}, "model.name": teacher_name}
@@ -168,29 +167,6 @@ def noisy_student(
     return result
 
 
-def _check_settings(out: Path, settings: dict[str, Any]) -> None:
-    """Write pipeline.json, or refuse to continue a pipeline folder made with other settings."""
-    path = out / "pipeline.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if k != "config" and old.get(k) != v]
-        if old.get("config") != settings["config"]:
-            diff.append("the training config")
-        if diff:
-            raise ConfigError(
-                f"{out} holds a Noisy Student pipeline with other settings ({'; '.join(diff)}): "
-                "use the same settings to resume it, or another --out"
-            )
-        return
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} is not empty and holds no pipeline.json: choose a new or empty folder")
-    atomic_write_text(path, json.dumps(settings, indent=2, default=str))
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
-
-
 def _write_report(out: Path, settings: dict[str, Any], result: NoisyStudentResult) -> None:
     from fewlabels.pipelines.pseudo_label import Selection
 
@@ -206,8 +182,8 @@ def _write_report(out: Path, settings: dict[str, Any], result: NoisyStudentResul
         name = "teacher (labels only)" if i == 0 else f"student {i}"
         rows = "-" if i == 0 else str(len(Selection.load(out / f"iter-{i}" / "selection.safetensors").index))
         lines.append(
-            f"| {name} | {s.get('model')} | {_pct(s.get('test_accuracy'))} | "
-            f"{_pct(s.get('test_accuracy_median_last'))} | {_pct(s.get('val_accuracy'))} | {rows} | "
+            f"| {name} | {s.get('model')} | {pct(s.get('test_accuracy'))} | "
+            f"{pct(s.get('test_accuracy_median_last'))} | {pct(s.get('val_accuracy'))} | {rows} | "
             f"{s.get('steps')} | {s.get('wall_seconds')} |"
         )
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")

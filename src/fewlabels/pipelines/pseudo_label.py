@@ -24,7 +24,6 @@ the shards.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import math
@@ -45,6 +44,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from fewlabels.augment import to_float
+from fewlabels.data.formats import fit_image, image_files_under, manifest_paths
 from fewlabels.engine.distributed import DistInfo, cleanup, init_distributed
 from fewlabels.errors import ConfigError, DataError
 from fewlabels.io import atomic_write_bytes, atomic_write_text
@@ -252,18 +252,6 @@ class NpySource(ItemSource):
         }
 
 
-def _fit_image(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """HxW or HxWx3 uint8 -> the teacher's CxHxW, as `fewlabels predict` does (mode conversion, then bicubic)."""
-    from PIL import Image
-
-    c, h, w = shape
-    im = Image.fromarray(arr).convert("L" if c == 1 else "RGB")
-    if im.size != (w, h):
-        im = im.resize((w, h), Image.Resampling.BICUBIC)
-    out = np.asarray(im, dtype=np.uint8)
-    return out[None] if c == 1 else out.transpose(2, 0, 1)
-
-
 class ImageFileSource(ItemSource):
     """Image files, decoded per batch with the `ImageReader` of `fewlabels predict` and fitted to the teacher.
 
@@ -290,38 +278,16 @@ class ImageFileSource(ItemSource):
     @classmethod
     def from_folder(cls, folder: str | Path, input_shape: Sequence[int]) -> ImageFileSource:
         """Every image under `folder`, at any depth, sorted by path; hidden files and folders are left out."""
-        from fewlabels.data.formats import IMAGE_EXTENSIONS
 
         root = Path(folder).expanduser().resolve()
-        files = [
-            p
-            for p in sorted(root.rglob("*"))
-            if p.suffix.lower() in IMAGE_EXTENSIONS
-            and not any(part.startswith(".") for part in p.relative_to(root).parts)
-            and p.is_file()
-        ]
+        files = image_files_under(root)
         return cls(files, input_shape, "folder", root)
 
     @classmethod
     def from_csv(cls, path: str | Path, input_shape: Sequence[int]) -> ImageFileSource:
         """The `path` column of a CSV (relative to the CSV's folder, or absolute), in row order."""
         csv_path = Path(path).expanduser().resolve()
-        try:
-            with open(csv_path, newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f)
-                fields = [(c or "").strip().lower() for c in (reader.fieldnames or [])]
-                if "path" not in fields:
-                    raise DataError(f"{csv_path} needs a header line with a `path` column; found {reader.fieldnames}")
-                reader.fieldnames = fields
-                files = []
-                for row in reader:
-                    value = (row.get("path") or "").strip()
-                    if not value:
-                        raise DataError(f"row {reader.line_num} of {csv_path} has no path")
-                    p = Path(value).expanduser()
-                    files.append(p if p.is_absolute() else csv_path.parent / p)
-        except (OSError, UnicodeDecodeError, csv.Error) as e:
-            raise DataError(f"cannot read {csv_path}: {e}") from e
+        files = manifest_paths(csv_path, check_exists=False)
         return cls(files, input_shape, "csv", csv_path)
 
     def __len__(self) -> int:
@@ -340,7 +306,7 @@ class ImageFileSource(ItemSource):
                     f"cannot read image {path} (row {start + row} of {self.origin}): {e.__cause__ or e}; fix or "
                     "remove the file and start again with a new --out (the file list is part of the output)"
                 ) from e
-            out[row] = _fit_image(arr, self.input_shape)  # type: ignore[arg-type]
+            out[row] = fit_image(arr, self.input_shape)  # type: ignore[arg-type]
         return torch.from_numpy(out)
 
     def names(self, start: int, stop: int) -> list[str]:

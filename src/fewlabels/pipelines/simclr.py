@@ -12,7 +12,6 @@ Each stage is a resumable run folder; two-class tasks report ROC AUC beside accu
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 from fewlabels.config import Config, resolve_config
 from fewlabels.engine.run import Run
-from fewlabels.engine.stage import run_stage
+from fewlabels.engine.stage import check_pipeline_settings, pct, run_stage
 from fewlabels.errors import ConfigError
 from fewlabels.io import atomic_write_text
 
@@ -79,7 +78,7 @@ def simclr(
         "student_model": student_model,
         "config": base.to_dict(),
     }
-    _check_settings(out, settings)
+    check_pipeline_settings(out, settings, "SimCLR")
     runs: dict[str, Run] = {}
     runs["baseline"] = run_stage(
         base.override(**{"algorithm.name": "supervised", "model.neck": finetune_from}), out / "baseline"
@@ -116,28 +115,6 @@ def simclr(
     return result
 
 
-def _check_settings(out: Path, settings: dict[str, Any]) -> None:
-    path = out / "pipeline.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if k != "config" and old.get(k) != v]
-        if old.get("config") != settings["config"]:
-            diff.append("the training config")
-        if diff:
-            raise ConfigError(
-                f"{out} holds a SimCLR pipeline with other settings ({'; '.join(diff)}): use the same settings to "
-                "resume it, or another --out"
-            )
-        return
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} is not empty and holds no pipeline.json: choose a new or empty folder")
-    atomic_write_text(path, json.dumps(settings, indent=2, default=str))
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
-
-
 def _auc(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -160,8 +137,8 @@ def _write_report(out: Path, settings: dict[str, Any], result: SimCLRResult) -> 
     for stage in STAGES:
         s = result.runs[stage].summary
         lines.append(
-            f"| {names[stage]} | {_auc(s.get('test_auc'))} | {_pct(s.get('test_accuracy'))} | "
-            f"{_pct(s.get('test_accuracy_median_last'))} | {s.get('num_labels') if stage != 'pretrain' else 0} | "
+            f"| {names[stage]} | {_auc(s.get('test_auc'))} | {pct(s.get('test_accuracy'))} | "
+            f"{pct(s.get('test_accuracy_median_last'))} | {s.get('num_labels') if stage != 'pretrain' else 0} | "
             f"{s.get('steps')} | {s.get('wall_seconds')} |"
         )
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
