@@ -16,42 +16,12 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-
 from fewlabels.benchmark import hardware_line
-from fewlabels.data import Split, load_data
-from fewlabels.engine.run import Run
 from fewlabels.io import atomic_write_text
 from fewlabels.pipelines.simclr import STAGES, simclr
 
 HERE = Path(__file__).parent
 PROBE = "pretrain + linear probe"
-
-
-def linear_probe(run: Run) -> dict[str, float]:
-    """The pretrained encoder judged the standard SimCLR way: a logistic regression on its frozen backbone features
-    of the run's labeled rows, scored on the test set (the pretraining run's own classifier is never trained)."""
-    model = run.load_model()
-    bundle = load_data(run.config.data)
-    labeled = np.asarray(Split.load(run.path / "split.json").labeled)
-
-    def feats(x: torch.Tensor) -> np.ndarray:
-        with torch.no_grad():
-            return torch.cat([model.features(x[i : i + 1024].float() / 255) for i in range(0, len(x), 1024)]).numpy()
-
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    probe.fit(feats(bundle.x_train[labeled]), bundle.y_train.numpy()[labeled])
-    test_x = feats(bundle.x_test)
-    y_test = bundle.y_test.numpy()
-    return {
-        "test_auc": float(roc_auc_score(y_test, probe.predict_proba(test_x)[:, 1])),
-        "test_accuracy": float(np.mean(probe.predict(test_x) == y_test)),
-    }
 
 
 def main() -> None:
@@ -98,8 +68,7 @@ def main() -> None:
                 }
             )
             if stage == "pretrain":
-                probe = linear_probe(result.runs[stage])
-                rows.append({**rows[-1], "stage": PROBE, **probe})
+                rows.append({**rows[-1], "stage": PROBE, **result.probe})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()

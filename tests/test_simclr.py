@@ -3,6 +3,7 @@ the pretrain -> fine-tune -> distill pipeline with its resume."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -113,6 +114,9 @@ def test_pipeline_binary_task_resume_and_report(tmp_path, monkeypatch):
         assert 0.0 <= s["test_auc"] <= 1.0 and s["num_labels"] == 10
     report = (out / "report.md").read_text()
     assert "test ROC AUC" in report and "distilled student" in report
+    # The pretrained encoder is judged by a linear probe on the labels (kept across the resume).
+    assert 0.0 <= result.probe["test_auc"] <= 1.0 and "linear probe" in report
+    assert json.loads((out / "pretrain-probe.json").read_text()) == result.probe
     with pytest.raises(ConfigError, match="temperature: 0.2 -> 0.5"):
         simclr(out, **kwargs, temperature=0.5)
 

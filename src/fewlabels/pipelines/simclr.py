@@ -12,8 +12,9 @@ Each stage is a resumable run folder; two-class tasks report ROC AUC beside accu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,43 @@ STAGES = ("baseline", "pretrain", "finetune", "distill")
 
 @dataclass
 class SimCLRResult:
-    """The pipeline's runs by stage name."""
+    """The pipeline's runs by stage name, and the linear probe of the pretrained encoder."""
 
     out: Path
     runs: dict[str, Run]
+    probe: dict[str, float | None] = field(default_factory=dict)
+    """`linear_probe` of the pretraining run: test_accuracy and, for two classes, test_auc."""
+
+
+def linear_probe(run: Run) -> dict[str, float | None]:
+    """Judge a pretrained encoder the standard SimCLR way: a logistic regression on its frozen backbone features of
+    the run's labeled rows (split.json), scored on the test set. The pretraining run's own classifier is never
+    trained, so its test figures are chance; this is what the representation is worth with the few labels."""
+    import numpy as np
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from fewlabels.augment import to_float
+    from fewlabels.data import Split, load_data
+
+    model = run.load_model()
+    bundle = load_data(run.config.data)
+    if bundle.x_test is None or bundle.y_test is None:
+        return {"test_accuracy": None, "test_auc": None}
+    labeled = np.asarray(Split.load(run.path / "split.json").labeled)
+
+    def feats(x: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return torch.cat([model.features(to_float(x[i : i + 1024])) for i in range(0, len(x), 1024)]).numpy()
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    probe.fit(feats(bundle.x_train[labeled]), bundle.y_train.numpy()[labeled])
+    test_x, y_test = feats(bundle.x_test), bundle.y_test.numpy()
+    auc = float(roc_auc_score(y_test, probe.predict_proba(test_x)[:, 1])) if bundle.num_classes == 2 else None
+    return {"test_accuracy": float(np.mean(probe.predict(test_x) == y_test)), "test_auc": auc}
 
 
 def simclr(
@@ -92,6 +126,12 @@ def simclr(
         }
     )
     runs["pretrain"] = run_stage(pretrain, out / "pretrain")
+    probe_path = out / "pretrain-probe.json"
+    if probe_path.exists():
+        probe = json.loads(probe_path.read_text())
+    else:
+        probe = linear_probe(runs["pretrain"])
+        atomic_write_text(probe_path, json.dumps(probe, indent=2))
     finetune = base.override(
         **{
             "algorithm.name": "supervised",
@@ -110,7 +150,7 @@ def simclr(
         }
     )
     runs["distill"] = run_stage(distill, out / "distill")
-    result = SimCLRResult(out=out, runs=runs)
+    result = SimCLRResult(out=out, runs=runs, probe=probe)
     _write_report(out, settings, result)
     return result
 
@@ -141,4 +181,10 @@ def _write_report(out: Path, settings: dict[str, Any], result: SimCLRResult) -> 
             f"{pct(s.get('test_accuracy_median_last'))} | {s.get('num_labels') if stage != 'pretrain' else 0} | "
             f"{s.get('steps')} | {s.get('wall_seconds')} |"
         )
+        if stage == "pretrain" and result.probe:
+            lines.append(
+                f"| pretrained encoder + linear probe on the labels | {_auc(result.probe.get('test_auc'))} | "
+                f"{pct(result.probe.get('test_accuracy'))} | - | {result.runs['baseline'].summary.get('num_labels')} "
+                "| - | - |"
+            )
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
