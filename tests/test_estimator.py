@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,21 +80,27 @@ def test_string_labels_and_unlabeled_markers(digits_split):
 
 
 def test_the_run_is_the_engines_run(tmp_path, digits_split):
-    """out= keeps a normal run folder: the resolved config, the split (labeled rows = the rows with a label)."""
+    """out= keeps a normal run folder per fit: the resolved config, the split (labeled rows = the rows with a label)."""
     X, y, _, _ = digits_split
-    out = tmp_path / "run"
+    out = tmp_path / "runs"
     clf = SemiSupervisedClassifier("fixmatch", steps=20, out=str(out), random_state=3).fit(X, y)
-    assert clf.run_path_ == str(out)
-    split = json.loads((out / "split.json").read_text())
+    folder = Path(clf.run_path_)
+    assert folder.parent == out and folder.name.startswith("fit-")
+    split = json.loads((folder / "split.json").read_text())
     assert sorted(split["labeled"]) == np.flatnonzero(y >= 0).tolist()
     assert len(split["val"]) == 0
-    cfg = fewlabels.Run(out).config
+    cfg = fewlabels.Run(folder).config
     assert cfg.algorithm.name == "fixmatch" and cfg.train.steps == 20 and cfg.train.seed == 3
     assert cfg.model.name is None and clf.summary_["model"] == "mlp"
     # The estimator's model is the run's final EMA model.
-    run_model = fewlabels.Run(out).load_model()
+    run_model = fewlabels.Run(folder).load_model()
     x = torch.from_numpy(X[:7].astype(np.float32))
     np.testing.assert_allclose(clf.predict_proba(X[:7]), run_model(x).double().softmax(-1).detach().numpy(), atol=1e-6)
+    # A second fit (a refit, a grid search's clones sharing out) trains afresh in its own folder.
+    clf.set_params(steps=5).fit(X, y)
+    assert Path(clf.run_path_) != folder and fewlabels.Run(clf.run_path_).config.train.steps == 5
+    with pytest.raises(fewlabels.ConfigError, match="in-memory arrays.*clf.score"):
+        fewlabels.evaluate(folder)
 
 
 def test_without_out_nothing_is_left_behind(tmp_path, monkeypatch, digits_split):
@@ -107,16 +114,42 @@ def test_without_out_nothing_is_left_behind(tmp_path, monkeypatch, digits_split)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_seed_fixes_the_result_and_config_reaches_the_engine(digits_split):
+def test_seed_fixes_the_result_and_leaves_the_global_rng_alone(digits_split):
     X, y, X_test, _ = digits_split
+    torch.manual_seed(123)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(123)
     a = SemiSupervisedClassifier("fixmatch", steps=30, random_state=1).fit(X, y).predict_proba(X_test)
+    assert torch.equal(torch.rand(3), expected_draw)  # fit did not reseed the caller's torch RNG
     b = SemiSupervisedClassifier("fixmatch", steps=30, random_state=1).fit(X, y).predict_proba(X_test)
     c = SemiSupervisedClassifier("fixmatch", steps=30, random_state=2).fit(X, y).predict_proba(X_test)
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
-    clf = SemiSupervisedClassifier("fixmatch", steps=10, config={"optim.optimizer": "adamw", "train.ema": 0.5})
-    clf.fit(X, y)
-    assert clf.summary_["steps"] == 10
+
+
+def test_config_reaches_the_engine_and_clashes_are_refused(tmp_path, digits_split):
+    X, y, _, _ = digits_split
+    config = {
+        "optim.optimizer": "adamw",
+        "train.ema": 0.5,
+        "algorithm.threshold": 0.8,
+        "model.options": {"hidden": [32]},
+    }
+    clf = SemiSupervisedClassifier("fixmatch", steps=10, config=config, algorithm_options={"lambda_u": 2.0})
+    cfg = fewlabels.Run(clf.set_params(out=str(tmp_path)).fit(X, y).run_path_).config
+    assert cfg.optim.optimizer == "adamw" and cfg.train.ema == 0.5
+    assert dict(cfg.algorithm.options) == {"threshold": 0.8, "lambda_u": 2.0}
+    assert dict(cfg.model.options) == {"hidden": [32]}
+    for key, param in (("train.seed", "random_state"), ("optim.lr", "lr"), ("algorithm.name", "algorithm")):
+        with pytest.raises(ValueError, match=f"{key}.*{param}="):
+            SemiSupervisedClassifier(steps=5, config={key: 1}).fit(X, y)
+    # A YAML config: its values yield to the parameters, its options merge.
+    path = tmp_path / "c.yaml"
+    path.write_text("algorithm: {name: fixmatch, threshold: 0.7}\ntrain: {steps: 999, ema: 0.9}\n")
+    cfg = fewlabels.Run(
+        SemiSupervisedClassifier(steps=5, config=str(path), out=str(tmp_path)).fit(X, y).run_path_
+    ).config
+    assert cfg.train.steps == 5 and cfg.train.ema == 0.9 and cfg.algorithm.options["threshold"] == 0.7
 
 
 def test_images_in_every_layout(digits_split):
@@ -129,6 +162,11 @@ def test_images_in_every_layout(digits_split):
     # The same images as floats in [0, 1], and as (N, H, W, 1): identical inputs to the model.
     np.testing.assert_allclose(clf.predict_proba(pixels[:9] / 255.0), p_gray, atol=1e-6)
     np.testing.assert_allclose(clf.predict_proba(pixels[:9, :, :, None]), p_gray, atol=1e-6)
+    # Integer pixels 0..255 of any integer dtype, and channel-first (N, 1, H, W): the same inputs.
+    np.testing.assert_allclose(clf.predict_proba(pixels[:9].astype(np.int64)), p_gray, atol=1e-6)
+    np.testing.assert_allclose(clf.predict_proba(pixels[:9, None]), p_gray, atol=1e-6)
+    with pytest.raises(ValueError, match=r"float image.*\[0, 1\]"):
+        clf.predict_proba(pixels[:9].astype(np.float64))  # floats must be in [0, 1]
     rgb = np.repeat(pixels[:, :, :, None], 3, axis=3)
     clf_rgb = SemiSupervisedClassifier("supervised", steps=5).fit(rgb, y)
     assert clf_rgb.input_shape_ == (3, 8, 8)
@@ -155,8 +193,33 @@ def test_fully_labeled_y_trains_supervised_with_a_warning():
     X = np.random.default_rng(0).normal(size=(30, 4))
     y = (X[:, 0] > 0).astype(int)
     with pytest.warns(UserWarning, match="no unlabeled sample"):
-        clf = SemiSupervisedClassifier("fixmatch", **FAST).fit(X, y)
+        clf = SemiSupervisedClassifier("fixmatch", algorithm_options={"threshold": 0.9}, **FAST).fit(X, y)
     assert clf.summary_["algorithm"] == "supervised"
+
+
+def test_label_markers_and_mixed_types():
+    X = np.random.default_rng(0).normal(size=(12, 3))
+    ints_with_none = np.array([0, 1, 0, 1, None, None, None, None, None, None, None, None], dtype=object)
+    clf = SemiSupervisedClassifier(**FAST).fit(X, ints_with_none)
+    assert clf.classes_.tolist() == [0, 1]
+    strings_with_nan = np.array(["a", "b", "a", "b"] + [np.nan] * 8, dtype=object)  # pandas' empty cells
+    assert SemiSupervisedClassifier(**FAST).fit(X, strings_with_nan).classes_.tolist() == ["a", "b"]
+    with pytest.raises(ValueError, match="mixes string and numeric"):
+        SemiSupervisedClassifier(**FAST).fit(X, np.array(["a", "b", 1, 0] + [-1] * 8, dtype=object))
+    with pytest.warns(UserWarning, match="'unlabeled' is treated as a class"):
+        SemiSupervisedClassifier(**FAST).fit(X, np.array(["a", "b"] * 2 + ["unlabeled"] * 8, dtype=object))
+
+
+def test_pandas_inputs(digits_split):
+    pd = pytest.importorskip("pandas")
+    X, y, X_test, y_test = digits_split
+    frame = pd.DataFrame(X, columns=[f"px{i}" for i in range(X.shape[1])])
+    clf = SemiSupervisedClassifier("supervised", steps=50).fit(frame, pd.Series(y))
+    assert clf.feature_names_in_.tolist() == frame.columns.tolist()
+    test_frame = pd.DataFrame(X_test, columns=frame.columns)
+    with pytest.warns(UserWarning, match="feature names"):  # scikit-learn's own warning for a bare array
+        plain = clf.predict(X_test)
+    np.testing.assert_array_equal(clf.predict(test_frame), plain)
 
 
 def test_score_leaves_unlabeled_rows_out(digits_split):
@@ -197,13 +260,17 @@ def test_semi_supervised_kfold_keeps_unlabeled_rows_in_training():
 def test_pipeline_and_grid_search(digits_split):
     X, y, X_test, y_test = digits_split
     pipe = Pipeline([("scale", StandardScaler()), ("clf", SemiSupervisedClassifier("supervised", steps=40))])
-    grid = GridSearchCV(pipe, {"clf__lr": [0.003, 0.1]}, cv=SemiSupervisedKFold(2, random_state=0))
+    grid = GridSearchCV(pipe, {"clf__lr": [1e-5, 0.1]}, cv=SemiSupervisedKFold(2, shuffle=True, random_state=0))
     grid.fit(X, y)
-    assert grid.best_params_["clf__lr"] in (0.003, 0.1)
-    assert grid.cv_results_["mean_test_score"].shape == (2,)
-    assert grid.score(X_test, y_test) > 0.3
+    # lr 1e-5 barely moves the random init in 40 steps: the validation folds must tell the two apart.
+    assert grid.best_params_["clf__lr"] == 0.1
+    low, high = grid.cv_results_["mean_test_score"]
+    assert high > low + 0.2
+    assert grid.score(X_test, y_test) > 0.5
+    # Each fold's score is computed on its labeled test rows only: unlabeled rows never reach score().
     scores = cross_val_score(SemiSupervisedClassifier("supervised", steps=20), X, y, cv=SemiSupervisedKFold(2))
-    assert scores.shape == (2,) and np.all((scores >= 0) & (scores <= 1))
+    labeled = np.flatnonzero(y >= 0)
+    assert scores.shape == (2,) and len(labeled) == 40
 
 
 def test_constant_features_keep_unit_scale():

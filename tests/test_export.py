@@ -18,8 +18,12 @@ from fewlabels.engine.run import Run
 from fewlabels.errors import ConfigError
 from fewlabels.export import ExportedModel, export_run, load_exported
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+try:  # the optional `export` extra; only the ONNX tests need it
+    import onnx
+    import onnxruntime as ort
+except ImportError:
+    onnx = ort = None
+needs_onnx = pytest.mark.skipif(onnx is None, reason="the export extra (onnx, onnxruntime) is not installed")
 
 FAST = {
     "train.steps": 6,
@@ -84,6 +88,7 @@ def no_temp_files(folder: Path) -> bool:
 
 
 @pytest.mark.parametrize("kind", ["image", "vector"])
+@needs_onnx
 def test_onnx_export_matches_pytorch_on_another_batch_size_and_carries_metadata(kind, image_run, vector_run, capsys):
     run = image_run if kind == "image" else vector_run
     assert main(["export", str(run), "--format", "onnx"]) == 0
@@ -184,6 +189,11 @@ def test_export_to_a_folder_and_the_best_model(image_run, tmp_path, capsys):
     code = main(["export", str(image_run), "--format", "safetensors", "--which", "best", "--out", str(target)])
     assert code == 0, capsys.readouterr().err
     assert (target / "best.safetensors").is_file()
+    # A folder that does not exist yet: a trailing separator or a name without a suffix.
+    code = main(["export", str(image_run), "--format", "safetensors", "--out", str(tmp_path / "deploy") + "/"])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "deploy" / "model.safetensors").is_file()
+    assert export_run(image_run, "safetensors", out=tmp_path / "bundle") == tmp_path / "bundle" / "model.safetensors"
 
 
 def test_export_errors_are_one_clear_line(image_run, tmp_path, capsys):
@@ -211,6 +221,7 @@ def test_export_errors_are_one_clear_line(image_run, tmp_path, capsys):
         load_exported(tmp_path / "model.bin.gz")
 
 
+@needs_onnx
 def test_missing_onnx_packages_name_the_extra(image_run, monkeypatch, tmp_path):
     exported = export_run(image_run, "onnx", out=tmp_path / "ok.onnx")
     with monkeypatch.context() as m:

@@ -38,6 +38,13 @@ def evaluate(run: str | Path | Run, which: str = "model") -> dict[str, Any]:
     run = run if isinstance(run, Run) else Run(run)
     cfg = run.config
     d = cfg.data
+    from fewlabels.estimator import IN_MEMORY
+
+    if d.dataset == IN_MEMORY:
+        raise ConfigError(
+            f"{run.path} was trained by SemiSupervisedClassifier on in-memory arrays, which the run folder does not "
+            "hold: score it with clf.score(X, y), or predict with `fewlabels predict RUN data.npz`"
+        )
     bundle = load_data(d)
     model = run.load_model(which)
     result: dict[str, Any] = {"run": str(run.path), "model": which}

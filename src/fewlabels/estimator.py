@@ -28,12 +28,39 @@ UNLABELED = -1
 """The label that marks an unlabeled sample (scikit-learn's convention); the string "-1" too in string labels."""
 
 
+IN_MEMORY = "<in-memory arrays>"
+"""The `data.dataset` of a run trained by the estimator: its data lived in memory, not in a file or a dataset."""
+
+PARAMETER_OF = {
+    "data.dataset": "X",
+    "data.val_per_class": "val_per_class",
+    "model.name": "model",
+    "optim.lr": "lr",
+    "train.steps": "steps",
+    "train.budget": "steps",
+    "train.batch_size": "batch_size",
+    "train.unlabeled_ratio": "unlabeled_ratio",
+    "train.seed": "random_state",
+    "train.device": "device",
+    "train.progress": "verbose",
+}
+"""Config keys that an estimator parameter decides (a `config` mapping may not set them)."""
+
+MARKER_LIKE = {"unlabeled", "unlabelled", "unknown", "", "nan", "none", "?", "na", "n/a"}
+
+
+def _is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
+
+
 def unlabeled_mask(y: np.ndarray) -> np.ndarray:
-    """True where `y` marks an unlabeled sample: -1 in numeric labels, -1, "-1" or None in string/object labels."""
+    """True where `y` marks an unlabeled sample: -1 in numeric labels; -1, "-1", None or NaN (an empty cell of a
+    CSV read by pandas) in string/object labels."""
     y = np.asarray(y)
     if y.dtype.kind in "iuf":
         return y == UNLABELED
-    return np.fromiter((v is None or v == UNLABELED or v == "-1" for v in y.tolist()), dtype=bool, count=len(y))
+    values = y.tolist()
+    return np.fromiter((_is_missing(v) or v == UNLABELED or v == "-1" for v in values), dtype=bool, count=len(values))
 
 
 def auto_model(input_shape: tuple[int, ...]) -> str:
@@ -64,17 +91,19 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     model_options: the model factory's options, e.g. {"hidden": [256, 128]} for mlp.
     hflip: whether a horizontal flip keeps the class of an image (True for most photos, False for digits or text).
     val_per_class: labeled examples held out per class for validation (0: every label trains the model).
-    config: further engine settings as dotted keys, e.g. {"optim.optimizer": "adamw", "train.ema": 0.99}, or the
+    config: further engine settings as dotted keys, e.g. {"optim.optimizer": "adamw", "train.ema": 0.99,
+        "algorithm.threshold": 0.9} (a key that a parameter above decides is refused, naming the parameter), or the
         path of a YAML config whose values the parameters above override.
     device: "auto" (CUDA when available), "cpu" or "cuda:N".
     random_state: seed of the label split, the data order and the initialisation (an int; None draws one).
-    out: a folder to keep the run in (config, split, metrics, checkpoints, model); None trains in a temporary
-        folder that is deleted after `fit`.
+    out: a folder to keep the runs in: each `fit` writes a new subfolder `fit-*` (config, split, metrics,
+        checkpoints, model); None trains in a temporary folder that is deleted after `fit`.
     verbose: show the engine's progress bar.
 
     Attributes after fit: `classes_`, `n_features_in_` (for vectors), `input_shape_`, `model_` (the final EMA
-    model, a torch module in eval mode on the CPU; None for classic baselines), `summary_` (the run's
-    summary.json), `run_path_` (None unless `out` is given).
+    model, a torch module in eval mode on the CPU; None for classic baselines), `classic_` (the fitted
+    scikit-learn pipeline of a classic baseline, else None), `summary_` (the run's summary.json), `run_path_`
+    (the run folder, a new `fit-*` subfolder of `out` per fit; None unless `out` is given).
     """
 
     def __init__(
@@ -92,7 +121,7 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         val_per_class: int = 0,
         config: Mapping[str, Any] | str | None = None,
         device: str = "auto",
-        random_state: int | None = 0,
+        random_state: int | np.random.RandomState | None = 0,
         out: str | None = None,
         verbose: bool = False,
     ) -> None:
@@ -126,12 +155,24 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         labeled_y = y[~unlabeled]
         if labeled_y.size == 0:
             raise ValueError("y has no labeled sample (every label is -1): label at least one sample of each class")
+        if labeled_y.dtype.kind == "O":  # e.g. [0, 1, None]: the labeled values decide the label type
+            kinds = {"str" if isinstance(v, str) else "number" for v in labeled_y.tolist()}
+            if len(kinds) > 1:
+                raise ValueError("y mixes string and numeric labels; use one type (and -1 or None for unlabeled rows)")
+            labeled_y = np.asarray(labeled_y.tolist())
         check_classification_targets(labeled_y)
         self.classes_ = np.unique(labeled_y)
         if len(self.classes_) < 2:
             raise ValueError(
                 f"the labeled samples hold only 1 class ({self.classes_[0]!r}); a classifier needs labeled samples of "
                 "at least 2 classes"
+            )
+        odd = [c for c in self.classes_.tolist() if isinstance(c, str) and c.strip().lower() in MARKER_LIKE]
+        if odd:
+            warnings.warn(
+                f"the label {odd[0]!r} is treated as a class; mark unlabeled rows with -1 or None instead",
+                UserWarning,
+                stacklevel=2,
             )
         y_index = np.full(len(y), UNLABELED, dtype=np.int64)
         y_index[~unlabeled] = np.searchsorted(self.classes_, labeled_y)
@@ -149,7 +190,7 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             )
             algorithm = "supervised"
         bundle = DataBundle(
-            name="arrays",
+            name=IN_MEMORY,
             x_train=x,
             y_train=torch.from_numpy(y_index),
             classes=[str(c) for c in self.classes_],
@@ -162,37 +203,62 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _fit_bundle(self, bundle: DataBundle, algorithm: str) -> None:
-        from fewlabels.config import resolve_config
         from fewlabels.engine.trainer import train
 
-        seed = self._seed()
-        overrides: dict[str, Any] = {
-            "data.dataset": "arrays",
+        cfg = self._config(algorithm)
+        # Each fit trains afresh: in its own new subfolder of `out` (clones in a grid search share `out`), or in a
+        # temporary folder. The engine seeds torch; the caller's global torch RNG is left as it was.
+        with tempfile.TemporaryDirectory(prefix="fewlabels-fit-") as tmp, torch.random.fork_rng(devices=[]):
+            if self.out is not None:
+                Path(self.out).mkdir(parents=True, exist_ok=True)
+                folder = Path(tempfile.mkdtemp(prefix="fit-", dir=self.out))
+            else:
+                folder = Path(tmp) / "run"
+            run = train(cfg.override(out=str(folder)), data=bundle)
+            self.summary_ = run.summary
+            self.model_ = None if _is_classic(algorithm) else run.load_model("model")
+            self.classic_ = getattr(run, "classic_model", None)
+            self.run_path_ = str(folder) if self.out is not None else None
+
+    def _config(self, algorithm: str) -> Any:
+        """The engine config: `config` (dotted keys or a YAML path) under the estimator's own parameters."""
+        from fewlabels.config import resolve_config
+
+        own = {
+            "data.dataset": IN_MEMORY,
             "data.val_per_class": int(self.val_per_class),
             "model.name": None if self.model == "auto" else self.model,
-            "model.options": dict(self.model_options or {}),
-            "algorithm": {"name": algorithm, **dict(self.algorithm_options or {})},
             "optim.lr": float(self.lr),
             "train.steps": int(self.steps),
             "train.budget": None,
             "train.batch_size": int(self.batch_size),
             "train.unlabeled_ratio": int(self.unlabeled_ratio),
-            "train.seed": seed,
+            "train.seed": self._seed(),
             "train.device": self.device,
             "train.progress": bool(self.verbose),
         }
-        base: Any = self.config
-        if isinstance(base, Mapping):
-            overrides = {**{k: v for k, v in base.items() if k not in overrides}, **overrides}
-            base = None
-        with tempfile.TemporaryDirectory(prefix="fewlabels-fit-") as tmp:
-            out = Path(self.out) if self.out is not None else Path(tmp) / "run"
-            cfg = resolve_config(base, **overrides, out=str(out))
-            run = train(cfg, data=bundle)
-            self.summary_ = run.summary
-            self.model_ = None if _is_classic(algorithm) else run.load_model("model")
-            self.classic_ = getattr(run, "classic_model", None)
-            self.run_path_ = str(out) if self.out is not None else None
+        if isinstance(self.config, Mapping):
+            params = {**PARAMETER_OF, "algorithm.name": "algorithm", "algorithm": "algorithm"}
+            clash = [k for k in self.config if k in own or k in params or k == "out"]
+            if clash:
+                where = params.get(clash[0], "out" if clash[0] == "out" else "the estimator")
+                raise ConfigError(
+                    f"config sets {clash[0]!r}, which the estimator's parameter {where!r} decides: "
+                    f"pass {where}=... instead"
+                )
+            # Dotted algorithm options of the mapping ("algorithm.threshold") belong to the estimator's algorithm.
+            base = resolve_config(None, **{"algorithm.name": self.algorithm, **self.config})
+        else:
+            base = resolve_config(self.config)  # a YAML path (its values yield to the parameters) or None
+        overrides: dict[str, Any] = dict(own)
+        if algorithm != self.algorithm:  # the supervised fallback: the configured algorithm's options do not apply
+            overrides["algorithm"] = {"name": algorithm, "options": {}}
+            base = base.override(**{"algorithm.name": algorithm})
+        else:  # merged with the config's options for the same algorithm
+            overrides["algorithm"] = {"name": algorithm, **dict(self.algorithm_options or {})}
+        if self.model_options is not None:
+            overrides["model.options"] = {**dict(base.model.options), **dict(self.model_options)}
+        return resolve_config(base, **overrides)
 
     def _seed(self) -> int:
         rs = self.random_state
@@ -209,26 +275,37 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, shape (N, len(classes_)), columns in the order of `classes_`."""
         check_is_fitted(self, "classes_")
+        x = self._predict_input(X)
+        if self.classic_ is not None:  # scikit-learn's own probabilities (LabelSpreading's may hold NaN rows)
+            return np.asarray(self.classic_.predict_proba(x.numpy()), dtype=np.float64)
+        from fewlabels.engine.evaluate import predict_logits
+        from fewlabels.engine.setup import resolve_device
+
+        device = resolve_device(self.device)
+        model = self.model_ if device.type == "cpu" else self.model_.to(device)
+        try:
+            with torch.no_grad():
+                probs = predict_logits(model, x, device=device).double().softmax(-1).numpy()
+        finally:
+            self.model_.cpu()  # kept on the CPU between calls, so the estimator pickles anywhere
+        return probs / probs.sum(axis=1, keepdims=True)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class of each row, as a value of `classes_`."""
+        check_is_fitted(self, "classes_")
+        if self.classic_ is not None:  # the classic method's own decision (an SVC's can differ from its argmax)
+            return self.classes_[self.classic_.predict(self._predict_input(X).numpy())]
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+    def _predict_input(self, X: Any) -> torch.Tensor:
+        check_is_fitted(self, "classes_")
         x = self._to_tensor(self._check_predict_input(X))
         if tuple(x.shape[1:]) != self.input_shape_:
             raise ValueError(
                 f"X has samples of shape {tuple(x.shape[1:])}, but {type(self).__name__} was fitted on "
                 f"{self.input_shape_}"
             )
-        if self.classic_ is not None:  # scikit-learn's own probabilities (LabelSpreading's may hold NaN rows)
-            return np.asarray(self.classic_.predict_proba(x.numpy()), dtype=np.float64)
-        from fewlabels.engine.evaluate import predict_logits
-
-        with torch.no_grad():
-            probs = predict_logits(self.model_, x).double().softmax(-1).numpy()
-        return probs / probs.sum(axis=1, keepdims=True)
-
-    def predict(self, X: Any) -> np.ndarray:
-        """The most probable class of each row, as a value of `classes_`."""
-        proba = self.predict_proba(X)
-        if self.classic_ is not None:  # the classic method's own decision (an SVC's can differ from its argmax)
-            return self.classes_[self.classic_.predict(self._to_tensor(self._check_predict_input(X)).numpy())]
-        return self.classes_[proba.argmax(axis=1)]
+        return x
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         """Accuracy on the labeled rows of (X, y); rows with y == -1 are left out."""
@@ -246,9 +323,9 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------------ input checks
 
     def _check_fit_input(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-        X, y = validate_data(
-            self, X, y, allow_nd=True, dtype=(np.float32, np.float64, np.uint8), ensure_min_samples=1, y_numeric=False
-        )
+        y = _missing_to_none(y)
+        X, y = validate_data(self, X, y, allow_nd=True, dtype=None, ensure_min_samples=1, y_numeric=False)
+        X = _numeric(X)
         if X.ndim > 4:
             raise ValueError(f"X has {X.ndim} dimensions; give (N, D) vectors or (N, H, W) / (N, H, W, C) images")
         if X.ndim > 2 and hasattr(self, "n_features_in_"):
@@ -256,12 +333,28 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         return X, np.asarray(y)
 
     def _check_predict_input(self, X: Any) -> np.ndarray:
-        return validate_data(self, X, allow_nd=True, dtype=(np.float32, np.float64, np.uint8), reset=False)
+        return _numeric(validate_data(self, X, allow_nd=True, dtype=None, reset=False))
 
     @staticmethod
     def _to_tensor(X: np.ndarray) -> torch.Tensor:
         x = np.array(X, copy=True)  # own, writable memory (X may be a read-only memmap)
-        return _npz_inputs(x, "X", Path("the input"))
+        return _npz_inputs(x, "X", "the array")
+
+
+def _numeric(X: np.ndarray) -> np.ndarray:
+    """Vectors as float32; images keep their dtype (uint8, integer pixels 0..255 or floats in [0, 1]: the image
+    conversion checks the range); object arrays of numbers become float."""
+    if X.dtype.kind == "O" or X.dtype.kind == "b":
+        X = X.astype(np.float64)
+    return X.astype(np.float32) if X.ndim == 2 else X
+
+
+def _missing_to_none(y: Any) -> Any:
+    """NaN in object labels (an empty cell read by pandas) as None, an unlabeled marker, so validation passes it."""
+    arr = np.asarray(y) if not hasattr(y, "dtype") or getattr(y, "ndim", 1) == 1 else y
+    if getattr(arr, "dtype", None) is not None and arr.dtype.kind == "O" and arr.ndim == 1:
+        return np.array([None if _is_missing(v) else v for v in arr.tolist()], dtype=object)
+    return y
 
 
 def _is_classic(name: str) -> bool:
@@ -279,7 +372,7 @@ class SemiSupervisedKFold:
     Use it as `cv=` of `cross_val_score` or `GridSearchCV`; scores are then computed on labeled rows only.
     """
 
-    def __init__(self, n_splits: int = 5, *, shuffle: bool = True, random_state: int | None = 0) -> None:
+    def __init__(self, n_splits: int = 5, *, shuffle: bool = False, random_state: int | None = None) -> None:
         if n_splits < 2:
             raise ValueError(f"n_splits must be at least 2, got {n_splits}")
         self.n_splits = n_splits

@@ -151,7 +151,9 @@ def _target(run: Run, fmt: str, out: str | os.PathLike[str] | None, which: str) 
     if out is None:
         return run.path / "export" / default_name
     path = Path(out).expanduser()
-    if path.is_dir():
+    # A folder: an existing one, or a name that ends with a separator or has no suffix (created here).
+    if path.is_dir() or str(out).endswith(("/", os.sep)) or not path.suffix:
+        path.mkdir(parents=True, exist_ok=True)
         return path / default_name
     if path.suffix.lower() not in FORMATS[fmt]:
         raise ConfigError(

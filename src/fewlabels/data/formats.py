@@ -446,7 +446,7 @@ def _npz_labels(y: np.ndarray, key: str, where: Path) -> np.ndarray:
     )
 
 
-def _npz_inputs(x: np.ndarray, key: str, where: Path) -> torch.Tensor:
+def _npz_inputs(x: np.ndarray, key: str, where: Path | str) -> torch.Tensor:
     if x.dtype.kind not in "iufb":
         raise DataError(f"{key!r} in {where} has dtype {x.dtype}; inputs must be numeric arrays")
     if x.ndim == 2:
