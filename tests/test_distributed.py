@@ -47,6 +47,8 @@ ARGS = [
         ("flexmatch", ["--set", "algorithm.threshold=0.2"], "selected"),
         ("temporal_ensembling", [], "ensemble"),
         ("mean_teacher", [], None),
+        # SimCLR's negatives are gathered from both ranks (differentiably): the global batch, as in one process.
+        ("simclr", [], None),
     ],
 )
 def test_two_processes_match_one_process(tmp_path, algorithm, options, state_key):

@@ -31,6 +31,28 @@ FAST = {
 }
 
 
+def test_nt_xent_with_gathered_negatives_equals_the_global_batch():
+    """Two ranks, each with half the batch as anchors and the whole batch as candidates: the mean of their losses is
+    the one-process loss, and so is the gradient that DDP averages."""
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(8, 5, requires_grad=True), torch.randn(8, 5, requires_grad=True)
+    whole = nt_xent(z1, z2, 0.3)
+    g1, g2 = torch.autograd.grad(whole, [z1, z2])
+    halves = []
+    for rank in range(2):
+        rows = slice(4 * rank, 4 * rank + 4)
+        gathered = iter([z1, z2])  # the differentiable all_gather's result: the global rows, in rank order
+
+        def gather(t, gathered=gathered):
+            return next(gathered)
+
+        halves.append(nt_xent(z1[rows], z2[rows], 0.3, gather, offset=4 * rank))
+    mean = (halves[0] + halves[1]) / 2
+    assert mean.item() == pytest.approx(whole.item(), rel=1e-6)
+    h1, h2 = torch.autograd.grad(mean, [z1, z2])
+    assert torch.allclose(h1, g1, atol=1e-6) and torch.allclose(h2, g2, atol=1e-6)
+
+
 def test_nt_xent_by_hand():
     z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     z2 = torch.tensor([[1.0, 1.0], [0.0, -1.0]])

@@ -66,6 +66,10 @@ class StepContext:
     all_gather: Callable[[Tensor], Tensor] = field(default=lambda t: t)
     """Concatenate a tensor across DDP ranks along dim 0 (identity in one process); use before updating
     dataset-level statistics so every rank keeps identical state."""
+    all_gather_grad: Callable[[Tensor], Tensor] = field(default=lambda t: t)
+    """Like `all_gather`, but differentiable: gradients flow back to every rank's rows (SimCLR's negatives)."""
+    rank_offset: Callable[[int], int] = field(default=lambda rows: 0)
+    """Index of this rank's first row in an `all_gather` result whose ranks hold `rows` rows each."""
     ema: nn.Module | None = None
     """The engine's EMA of the model (the model that is evaluated and saved), in eval mode, without gradients.
     Mean Teacher uses it as its teacher."""

@@ -69,6 +69,24 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def all_gather_cat_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """`all_gather_cat` through which gradients flow back to every rank's input (contrastive negatives): the backward
+    pass sums each slice's gradient over the ranks, so with DDP's gradient averaging the step is that of the mean of
+    the ranks' losses over the global batch."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor.contiguous()))
+
+
+def rank_offset(rows: int) -> int:
+    """Index of this rank's first row in a tensor concatenated over ranks with `rows` rows each (0 in one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0
+    return dist.get_rank() * rows
+
+
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     """Every rank's `obj` (CPU tensors and plain values), in rank order, on every rank; [obj] in one process."""
     if not info.enabled:

@@ -25,10 +25,12 @@ from fewlabels.engine.budget import BudgetPlanner
 from fewlabels.engine.distributed import (
     DistInfo,
     all_gather_cat,
+    all_gather_cat_grad,
     all_ranks_agree,
     broadcast_int,
     cleanup,
     init_distributed,
+    rank_offset,
 )
 from fewlabels.engine.evaluate import (
     accuracy,
@@ -109,6 +111,8 @@ def _train_step(ctx: Context, step: int, total: int) -> tuple[dict[str, float], 
         total_steps=total,
         num_classes=ctx.bundle.num_classes,
         all_gather=all_gather_cat,
+        all_gather_grad=all_gather_cat_grad,
+        rank_offset=rank_offset,
         ema=ctx.ema.module,
     )
     amp = torch.autocast(ctx.device.type, dtype=ctx.autocast_dtype) if ctx.autocast_dtype else nullcontext()
