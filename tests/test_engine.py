@@ -284,3 +284,17 @@ def test_class_subset_makes_a_binary_task_with_roc_auc(tmp_path):
     assert set(result["per_class_test_accuracy"]) == {"3", "8"}
     with pytest.raises(ConfigError, match="did you mean"):
         fewlabels.train(**tiny(tmp_path, "bad", **{"data.classes": ["3", "x8"]}))
+
+
+def test_binary_roc_auc_scores_class_one():
+    """AUC's orientation: p(class 1) is the score, so a model that ranks class 1 first gets 1, the reverse 0."""
+    from fewlabels.engine.evaluate import binary_roc_auc
+
+    y = torch.tensor([0, 0, 1, 1, 0, 1])
+    margin = torch.tensor([-2.0, -1.0, 1.5, 3.0, 0.5, 0.7])  # every class-1 row above every class-0 row
+    logits = torch.stack([torch.zeros(6), margin], dim=1)
+    assert binary_roc_auc(logits, y) == pytest.approx(1.0)
+    assert binary_roc_auc(logits.flip(1), y) == pytest.approx(0.0)
+    noisy = torch.stack([torch.zeros(6), torch.tensor([0.3, -1.0, 1.5, -0.2, 2.0, 0.7])], dim=1)
+    assert binary_roc_auc(noisy, y) == pytest.approx(5 / 9)  # 5 of the 9 (class 1, class 0) pairs ranked right
+    assert binary_roc_auc(logits, torch.ones(6, dtype=torch.long)) is None

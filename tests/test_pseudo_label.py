@@ -385,7 +385,9 @@ def test_select_thresholds_keeps_the_top_per_class_and_balances(tmp_path):
     assert default.per_class == 2 and torch.equal(default.index, balanced.index)
 
     hard = select(labels, threshold=0.5, per_class=2, hard=True)
-    assert hard.targets.tolist() == [[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]]
+    one_hot = torch.tensor([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]], dtype=torch.float32)
+    assert torch.allclose(hard.targets, one_hot * 0.9 + 0.1 / 3)  # label-smoothed by 0.1, as Noisy Student's
+    assert torch.equal(select(labels, threshold=0.5, per_class=2, hard=True, label_smoothing=0.0).targets, one_hot)
 
     low = select(labels, threshold=0.0, per_class=3, balance=False)
     assert low.index.tolist() == [0, 1, 2, 4, 5, 6, 7, 8]
@@ -456,3 +458,46 @@ def test_two_torchrun_processes_write_the_same_shards_as_one(mlp_teacher, digits
     assert PseudoLabels(tmp_path / "two").is_complete()
     assert_same_shards(tmp_path / "one", tmp_path / "two", exact=False)
     assert torch.equal(PseudoLabels(tmp_path / "one").hard(), PseudoLabels(tmp_path / "two").hard())
+
+
+def test_a_kill_between_a_selections_two_writes_leaves_no_finished_selection(tmp_path, monkeypatch):
+    """The sidecar is written first and the .safetensors (what marks a finished selection) last."""
+    labels = handmade(tmp_path)
+    chosen = select(labels, threshold=0.5, per_class=2)
+    target = tmp_path / "sel.safetensors"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(plmod, "atomic_write_bytes", killed)
+        with pytest.raises(KeyboardInterrupt):
+            chosen.save(target)
+    assert target.with_suffix(".json").is_file() and not target.exists()
+    with pytest.raises(ConfigError, match="no saved selection"):
+        Selection.load(target)
+    chosen.save(target)  # the rerun writes both
+    assert torch.equal(Selection.load(target).index, chosen.index)
+
+
+def test_a_leftover_file_list_of_a_killed_first_start_is_not_refused(tmp_path):
+    out = tmp_path / "labels"
+    out.mkdir()
+    (out / plmod.FILES).write_text("/old/a.png\n")  # killed before manifest.json was written
+    assert plmod._prepare_out(out, {"format": "x"}, ["/new/a.png"]) is None
+    assert (out / plmod.FILES).read_text() == "/new/a.png\n" and (out / plmod.MANIFEST).is_file()
+    (out / "other.txt").write_text("not ours")
+    (out / plmod.MANIFEST).unlink()
+    assert "no manifest.json" in plmod._prepare_out(out, {"format": "x"}, None)
+
+
+def test_noisy_student_refuses_selected_rows_outside_the_unlabeled_pool(tmp_path):
+    from fewlabels.algorithms import create_algorithm
+
+    labels = handmade(tmp_path)
+    chosen = select(labels, threshold=0.5, per_class=2)  # rows 0, 1, 4, 4, 6, 7
+    path = chosen.save(tmp_path / "sel.safetensors")
+    algo = create_algorithm("noisy_student", 3, 9, pseudo_labels=str(path))
+    assert algo.unlabeled_pool(list(range(9))) == chosen.index.tolist()
+    with pytest.raises(ConfigError, match=r"2 selected pseudo-labeled rows \(e.g. row 6\).*validation"):
+        algo.unlabeled_pool([0, 1, 2, 3, 4, 5, 8])  # rows 6 and 7 are, say, validation rows

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from fewlabels.algorithms.base import ALGORITHMS, Algorithm, Batch, StepContext, StepOutput, Views, forward
 from fewlabels.algorithms.common import soft_cross_entropy
@@ -37,8 +38,9 @@ class NoisyStudent(Algorithm):
         super().__init__(num_classes, num_unlabeled)
         if not pseudo_labels:
             raise ConfigError(
-                "noisy_student needs --set algorithm.pseudo_labels=FILE, a selection written by "
-                "`fewlabels pseudo-label` (or run the whole pipeline with `fewlabels noisy-student`)"
+                "noisy_student needs --set algorithm.pseudo_labels=FILE, a selection saved by "
+                "`fewlabels.pipelines.pseudo_label.select(...).save(FILE)` (or run the whole pipeline with "
+                "`fewlabels noisy-student`)"
             )
         if augment not in NOISE_VIEWS:
             raise ConfigError(f"augment must be one of {', '.join(NOISE_VIEWS)}, got {augment!r}")
@@ -55,16 +57,27 @@ class NoisyStudent(Algorithm):
         self.pseudo_labels = pseudo_labels
         self.label_smoothing = label_smoothing
         self.lambda_u = lambda_u
+        self._targets_on: Tensor | None = None
         self.views = Views(labeled=(augment,), unlabeled=(augment,))
 
     def unlabeled_pool(self, default: list[int]) -> list[int]:
+        """The selection's rows, which must lie in this run's unlabeled pool (never validation rows)."""
+        outside = np.setdiff1d(np.asarray(self.rows, dtype=np.int64), np.asarray(default, dtype=np.int64))
+        if outside.size:
+            raise ConfigError(
+                f"{outside.size} selected pseudo-labeled rows (e.g. row {int(outside[0])}) are not in this run's "
+                "unlabeled pool: they may be validation rows. Select with subset=<the run's unlabeled rows> "
+                "(`select(labels, subset=split.unlabeled)`), as the noisy-student pipeline does"
+            )
         return self.rows
 
     def step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         assert batch.unlabeled is not None and batch.unlabeled.index is not None
         view = self.views.labeled[0]
         logits_l, logits_u = forward(model, batch.labeled[view], batch.unlabeled[view])
-        targets = self.targets.to(logits_u.device)[batch.unlabeled.index]
+        if self._targets_on is None or self._targets_on.device != logits_u.device:  # moved to the device once
+            self._targets_on = self.targets.to(logits_u.device)
+        targets = self._targets_on[batch.unlabeled.index]
         loss_l = F.cross_entropy(logits_l.float(), batch.labeled.y, label_smoothing=self.label_smoothing)
         loss_u = soft_cross_entropy(logits_u, targets).mean()
         weight = self.lambda_u if self.lambda_u is not None else logits_u.shape[0] / max(1, logits_l.shape[0])

@@ -494,7 +494,8 @@ def _prepare_out(out: Path, manifest: dict[str, Any], files: list[str] | None) -
                 f"delete {out}) to start over, or rerun with the earlier teacher, data and settings to finish it"
             )
     else:
-        if out.exists() and any(not p.name.startswith(".") for p in out.iterdir()):
+        # files.txt alone is ours: a first start killed between writing it and the manifest.
+        if out.exists() and any(not p.name.startswith(".") and p.name != FILES for p in out.iterdir()):
             return (
                 f"{out} already holds files but no {MANIFEST}, so it is not a pseudo-label folder fewlabels can "
                 "continue: pass a new, empty --out"
@@ -947,7 +948,7 @@ class Selection:
     """int64 pool positions, sorted; a duplicated item appears once per copy."""
     targets: Tensor
     """float32 (len(index) x C): the teacher's soft labels (rebuilt from top-k as `PseudoLabels.dense` does; exact
-    when the labels were written with full=True), or one-hot of the predicted class with hard=True."""
+    when the labels were written with full=True), or the label-smoothed one-hot predicted class with hard=True."""
     class_counts: Tensor
     """int64 (C,): items per predicted class in the selection (copies included)."""
     kept_before_balance: Tensor
@@ -976,7 +977,6 @@ class Selection:
             "class_counts": self.class_counts.to(torch.int64).contiguous(),
             "kept_before_balance": self.kept_before_balance.to(torch.int64).contiguous(),
         }
-        atomic_write_bytes(path, safetensors_bytes(tensors, metadata={"format": SELECTION_FORMAT}))
         meta = {
             "format": SELECTION_FORMAT,
             "format_version": 1,
@@ -991,7 +991,9 @@ class Selection:
             "class_counts": self.class_counts.tolist(),
             "kept_before_balance": self.kept_before_balance.tolist(),
         }
+        # The sidecar first: the .safetensors, whose presence marks a finished selection, is written last.
         atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
+        atomic_write_bytes(path, safetensors_bytes(tensors, metadata={"format": SELECTION_FORMAT}))
         return path
 
     @classmethod
@@ -1039,6 +1041,7 @@ def select(
     hard: bool = False,
     seed: int = 0,
     subset: Sequence[int] | Tensor | np.ndarray | None = None,
+    label_smoothing: float = 0.1,
 ) -> Selection:
     """Noisy Student's filtering and class balancing (`filter_unlabel.py`), streamed over the shards.
 
@@ -1047,8 +1050,13 @@ def select(
     the lower position first); `per_class=None` takes the median count over the classes that kept any item.
     With `balance=True` a class with m < per_class items gets per_class / m copies of each by stochastic
     rounding: every item gets floor or ceil of that factor, the ceil ones drawn at random (seeded by `seed`), so
-    the class totals exactly per_class. Memory holds at most C x per_class candidates plus one shard.
+    the class totals exactly per_class. Memory holds at most C x per_class candidates plus one shard, and the
+    selection itself (its targets are a dense len x C matrix).
+    With `hard=True` the targets are the predicted classes, label-smoothed by `label_smoothing` (0.1, as Noisy
+    Student's hard-label path does: 1 - 0.1 + 0.1 / C on the class, 0.1 / C elsewhere).
     """
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
     labels = labels if isinstance(labels, PseudoLabels) else PseudoLabels(labels)
     if not (isinstance(threshold, int | float) and 0.0 <= threshold <= 1.0):
         raise ConfigError(f"threshold must be a probability in [0, 1] (Noisy Student uses 0.3), got {threshold!r}")
@@ -1110,7 +1118,8 @@ def select(
     index = np.repeat(unique_idx, reps_all)
 
     if hard:
-        rows = torch.nn.functional.one_hot(torch.from_numpy(unique_cls), c).float()
+        one_hot = torch.nn.functional.one_hot(torch.from_numpy(unique_cls), c).float()
+        rows = one_hot * (1.0 - label_smoothing) + label_smoothing / c
     else:
         rows = labels.dense(unique_idx) if len(unique_idx) else torch.zeros(0, c)
     targets = rows.repeat_interleave(torch.from_numpy(reps_all), dim=0)
