@@ -100,10 +100,12 @@ class ItemSource(ABC):
         return {"kind": self.kind, "length": len(self)}
 
     def fingerprint(self) -> str:
-        """sha256 over the first, middle and last item: tells two pools of equal length apart, cheaply."""
+        """sha256 over 33 items spread evenly over the pool (first and last included): tells two pools of equal
+        length apart cheaply, so a restart does not mix labels of a changed pool into old shards. (A change to
+        items between the sampled ones goes unnoticed: write a changed pool to a new --out.)"""
         n = len(self)
         h = hashlib.sha256()
-        for i in sorted({0, n // 2, n - 1}) if n else []:
+        for i in sorted({int(v) for v in np.linspace(0, n - 1, num=min(n, 33))}) if n else []:
             x = self.read(i, i + 1).contiguous().cpu()
             h.update(f"{i}:{tuple(x.shape)}:{x.dtype}".encode())
             h.update(x.reshape(-1).view(torch.uint8).numpy().tobytes())  # the raw bytes, whatever the dtype
