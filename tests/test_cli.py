@@ -358,3 +358,39 @@ def test_predict_names_a_corrupt_image_and_leaves_no_partial_file(digits_run, tm
     np.savez(tmp_path / "wrong.npz", x=np.zeros((2, 3, 16, 16), np.uint8))
     code, _, err = run_cli(capsys, "predict", str(digits_run), str(tmp_path / "wrong.npz"), "--no-progress")
     assert code == 2 and "(N, 1, 8, 8)" in err
+
+
+@pytest.mark.parametrize(
+    ("command", "module", "function"),
+    [
+        (["noisy-student"], "fewlabels.pipelines.noisy_student", "noisy_student"),
+        (["simclr"], "fewlabels.pipelines.simclr", "simclr"),
+        (["distill", "TEACHER"], "fewlabels.pipelines.distill", "distill"),
+    ],
+)
+def test_pipeline_commands_leave_the_config_file_settings_alone(tmp_path, monkeypatch, command, module, function):
+    """Without --dataset, --labels-per-class and --seed the pipeline command passes none of them, so --config (then the
+    pipeline's own defaults) decides; given flags reach the pipeline. fewlabels train works the same way."""
+    import importlib
+
+    calls: list[tuple[tuple, dict]] = []
+
+    def record(*args, **kwargs):
+        calls.append((args, kwargs))
+        raise KeyboardInterrupt  # stop the command here, before any printing
+
+    monkeypatch.setattr(importlib.import_module(module), function, record)
+    config = str(tmp_path / "c.yaml")
+    assert main([*command, "--out", str(tmp_path / "o"), "--config", config]) == 130
+    args, kwargs = calls[-1]
+    assert kwargs["config"] == config
+    given = {**dict(kwargs.get("overrides") or {}), **{k: v for k, v in kwargs.items() if v is not None}}
+    for key in ("dataset", "labels_per_class", "seed", "data.dataset", "data.labels_per_class", "train.seed"):
+        assert key not in given, key
+    flags = ["--dataset", "digits", "--labels-per-class", "4", "--seed", "2"]
+    assert main([*command, "--out", str(tmp_path / "o"), "--config", config, *flags]) == 130
+    args, kwargs = calls[-1]
+    given = {**dict(kwargs.get("overrides") or {}), **{k: v for k, v in kwargs.items() if v is not None}}
+    assert given.get("dataset", given.get("data.dataset")) == "digits"
+    assert given.get("labels_per_class", given.get("data.labels_per_class")) == 4
+    assert given.get("seed", given.get("train.seed")) == 2

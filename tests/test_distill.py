@@ -150,3 +150,61 @@ def test_distill_command_inherits_the_teacher_data_and_resumes(teacher, tmp_path
     assert main(argv) == 0  # a finished stage is not trained again
     assert (out / "summary.json").stat().st_mtime_ns == before
     assert main([*argv[:-1], "--steps", "7"]) == 2 and "train.steps: 6 -> 7" in capsys.readouterr().err
+
+
+def test_user_algorithm_options_reach_the_student_and_unused_ones_are_refused(teacher, tmp_path, capsys):
+    from fewlabels.cli import main
+    from fewlabels.config import resolve_config
+    from fewlabels.pipelines.distill import distill
+
+    out = tmp_path / "with-labels"
+    argv = ["distill", str(teacher.path), "--out", str(out), "--model", "mlp", "--steps", "4", "--batch-size", "8"]
+    argv += ["--unlabeled-ratio", "2", "--no-progress", "--set", "algorithm.lambda_l=1"]
+    assert main([*argv, "--set", "algorithm.temperature=2"]) == 0, capsys.readouterr().err
+    options = resolve_config(out / "config.yaml").algorithm.options
+    assert options == {
+        "teacher": str(teacher.path.absolute()),
+        "mode": "function_matching",
+        "which": "model",
+        "lambda_l": 1,
+        "temperature": 2,
+    }
+    # an option the distill algorithm does not take, or one the pipeline sets itself: refused before any training
+    with pytest.raises(ConfigError, match=r"'threshold' is not an option of any distill stage algorithm \(distill\)"):
+        distill(teacher.path, tmp_path / "bad", overrides={"algorithm.threshold": 0.9})
+    with pytest.raises(ConfigError, match="'mode' is set by the distill pipeline itself"):
+        distill(teacher.path, tmp_path / "bad", config={"algorithm": {"name": "distill", "mode": "fixed"}})
+    assert not (tmp_path / "bad").exists()
+    assert main([*argv, "--out", str(tmp_path / "bad"), "--set", "algorithm.threshold=0.9"]) == 2
+    assert "'threshold'" in capsys.readouterr().err
+
+
+def test_student_inherits_the_teacher_data_section_and_seed(tmp_path):
+    import numpy as np
+
+    from fewlabels.data.split import Split
+    from fewlabels.pipelines.distill import distill
+
+    data = {"data.classes": [0, 1, 2, 3], "data.val_per_class": 7, "data.labels_per_class": 5}
+    small = {**FAST, "train.steps": 4, "train.batch_size": 8, "train.unlabeled_ratio": 2}
+    teacher = fewlabels.train(
+        **small,
+        **data,
+        **{"data.dataset": "digits", "train.seed": 3, "algorithm.name": "supervised", "out": str(tmp_path / "t")},
+    )
+    student = distill(teacher.path, tmp_path / "s", model="mlp", overrides=small)
+    assert student.config.data == teacher.config.data and student.config.train.seed == 3
+    t_split, s_split = (Split.load(r.path / "split.json") for r in (teacher, student))
+    assert np.array_equal(t_split.val, s_split.val)  # never a row the teacher trained on
+    assert np.array_equal(t_split.labeled, s_split.labeled)
+    # what the caller sets wins, key by key; the rest is still the teacher's
+    other = distill(
+        teacher.path,
+        tmp_path / "s2",
+        model="mlp",
+        config={"data": {"val_per_class": 5}},
+        overrides={**small, "train.seed": 4, "data.num_labels": 8},
+    )
+    d = other.config.data
+    assert (d.val_per_class, d.num_labels, d.labels_per_class, other.config.train.seed) == (5, 8, None, 4)
+    assert d.classes == teacher.config.data.classes and d.dataset == "digits"

@@ -134,6 +134,7 @@ def test_pipeline_stages_noise_and_resume(tmp_path, monkeypatch):
     chosen = Selection.load(out / "iter-1" / "selection.safetensors")
     assert set(chosen.index.tolist()) <= set(split.unlabeled.tolist())
     assert not set(chosen.index.tolist()) & set(split.val.tolist())
+    assert not set(chosen.index.tolist()) & set(split.labeled.tolist())  # U = the remaining train images
     counts, kept = chosen.class_counts.tolist(), chosen.kept_before_balance.tolist()
     assert len({c for c in counts if c > 0}) == 1  # every class the teacher predicts confidently: the same count
     assert all(k == 0 for c, k in zip(counts, kept, strict=True) if c == 0)  # none to copy for the others
@@ -152,9 +153,97 @@ def test_ablation_without_noise(tmp_path):
     assert "noise off" in (out / "report.md").read_text()
 
 
-def test_stochastic_depth_needs_a_residual_student(tmp_path):
+def test_stochastic_depth_needs_a_residual_student(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="residual"):
         noisy_student(tmp_path / "x", dataset="digits", labels_per_class=4, overrides=FAST, drop_path=0.2)
+    stages = stop_at_teacher(monkeypatch)
+    with (
+        pytest.warns(UserWarning, match="'cnn' has no stochastic depth: its model noise is dropout"),
+        pytest.raises(Stop),
+    ):
+        noisy_student(tmp_path / "y", dataset="digits", labels_per_class=4, overrides=FAST)
+    with pytest.warns(UserWarning, match="drop_path=0.2 is ignored: noise is off"), pytest.raises(Stop):
+        noisy_student(tmp_path / "z", dataset="digits", overrides=FAST, noise=False, drop_path=0.2)
+    assert len(stages) == 2
+
+
+class Stop(Exception):
+    """Raised instead of training a stage: the test only looks at the stage's config."""
+
+
+def stop_at_teacher(monkeypatch) -> list:
+    """Replace the pipeline's run_stage with one that records the config and stops before any training."""
+    import fewlabels.pipelines.noisy_student as module
+
+    seen = []
+
+    def fake_run_stage(cfg, folder):
+        seen.append(cfg)
+        raise Stop
+
+    monkeypatch.setattr(module, "run_stage", fake_run_stage)
+    return seen
+
+
+def test_student_smaller_than_the_teacher_is_refused(tmp_path, monkeypatch):
+    with pytest.raises(
+        ConfigError, match=r"'mlp' has 85,514 parameters, fewer than the teacher model 'cnn' with 103,466"
+    ):
+        noisy_student(tmp_path / "x", dataset="digits", teacher_model="cnn", student_model="mlp", overrides=FAST)
+    assert not (tmp_path / "x").exists()  # refused before anything trains
+    stages = stop_at_teacher(monkeypatch)
+    with pytest.raises(Stop):  # an equal-or-larger student is fine
+        noisy_student(tmp_path / "y", dataset="digits", teacher_model="mlp", student_model="cnn", overrides=FAST)
+    assert stages[0].model.name == "mlp"
+
+
+def test_unlabeled_pool_is_the_remaining_train_rows():
+    from fewlabels.pipelines.noisy_student import unlabeled_pool
+
+    split = Split(labeled=[1, 2], unlabeled=[0, 1, 2, 3, 4, 6], val=[5], seed=0)
+    assert unlabeled_pool(split).tolist() == [0, 3, 4, 6]
+
+
+def test_config_file_settings_survive_and_the_pipeline_defaults_fill_the_rest(tmp_path, monkeypatch):
+    from fewlabels.cli import main
+
+    stages = stop_at_teacher(monkeypatch)
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  dataset: digits\n  labels_per_class: 4\n  val_per_class: 3\ntrain:\n  seed: 2\n")
+    with pytest.raises(Stop):
+        main(["noisy-student", "--out", str(tmp_path / "a"), "--config", str(config), "--steps", "5"])
+    d, t = stages[-1].data, stages[-1].train
+    assert (d.dataset, d.labels_per_class, d.val_per_class, t.seed, t.steps) == ("digits", 4, 3, 2, 5)
+    with pytest.raises(Stop):  # a flag wins over the file
+        main(["noisy-student", "--out", str(tmp_path / "b"), "--config", str(config), "--labels-per-class", "6"])
+    assert (stages[-1].data.labels_per_class, stages[-1].train.seed) == (6, 2)
+    with pytest.raises(Stop):  # data.num_labels keeps the pipeline's labels_per_class default away
+        main(["noisy-student", "--out", str(tmp_path / "c"), "--model", "cnn", "--num-labels", "30"])
+    d = stages[-1].data
+    assert (d.dataset, d.labels_per_class, d.num_labels, stages[-1].train.seed) == ("fashion-mnist", None, 30, 0)
+    with pytest.raises(Stop):  # neither gives a value: the pipeline's defaults
+        noisy_student(tmp_path / "d", teacher_model="cnn")
+    d = stages[-1].data
+    assert (d.dataset, d.labels_per_class, stages[-1].train.seed) == ("fashion-mnist", 10, 0)
+    assert json.loads((tmp_path / "d" / "pipeline.json").read_text())["labels_per_class"] == 10
+
+
+def test_user_algorithm_options_go_to_the_stages_that_take_them(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match=r"'threshold' is not an option of any Noisy Student stage algorithm"):
+        noisy_student(tmp_path / "x", dataset="digits", overrides={**FAST, "algorithm.threshold": 0.9})
+    with pytest.raises(ConfigError, match="'augment' is set by the Noisy Student pipeline itself"):
+        noisy_student(tmp_path / "x", dataset="digits", overrides={**FAST, "algorithm.augment": "weak"})
+    assert not (tmp_path / "x").exists()
+    out = tmp_path / "ns"
+    options = {"algorithm.label_smoothing": 0.2, "algorithm.lambda_u": 3.0}
+    short = {**FAST, "train.steps": 10, "train.eval_every": 10, **options}
+    noisy_student(out, dataset="digits", labels_per_class=4, iterations=1, overrides=short, threshold=0.1)
+    teacher = resolve_config(out / "teacher" / "config.yaml").algorithm
+    student = resolve_config(out / "iter-1" / "student" / "config.yaml").algorithm
+    assert (teacher.name, dict(teacher.options)) == ("supervised", {"label_smoothing": 0.2})
+    assert student.name == "noisy_student"
+    assert student.options["label_smoothing"] == 0.2 and student.options["lambda_u"] == 3.0
+    assert student.options["augment"] == "strong"
 
 
 def test_commands(tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -139,8 +140,8 @@ def test_pipeline_binary_task_resume_and_report(tmp_path, monkeypatch):
     # The pretrained encoder is judged by a linear probe on the labels (kept across the resume).
     assert 0.0 <= result.probe["test_auc"] <= 1.0 and "linear probe" in report
     assert json.loads((out / "pretrain-probe.json").read_text()) == result.probe
-    with pytest.raises(ConfigError, match="temperature: 0.2 -> 0.5"):
-        simclr(out, **kwargs, temperature=0.5)
+    with pytest.raises(ConfigError, match="temperature: 0.5 -> 0.2"):
+        simclr(out, **kwargs, temperature=0.2)
 
 
 def test_command(tmp_path, capsys):
@@ -150,3 +151,87 @@ def test_command(tmp_path, capsys):
     argv += ["--labels-per-class", "4", "--steps", "6", "--batch-size", "8", "--unlabeled-ratio", "2", "--no-progress"]
     assert main(argv) == 0, capsys.readouterr().err
     assert "fine-tuned from the projection layer" in capsys.readouterr().out
+
+
+class PlannedRun:
+    """Stands in for a trained stage: the tests below look only at the configs the pipeline asks for."""
+
+    def __init__(self, cfg, folder) -> None:
+        self.config, self.path, self.summary = cfg, Path(folder), {}
+
+    def model_info(self, which: str = "model") -> dict:
+        return {"model": self.config.model.name or "cnn"}
+
+
+def planned_stages(monkeypatch) -> dict:
+    """Replace the pipeline's training with a record of each stage's config, by stage folder name."""
+    import fewlabels.pipelines.simclr as module
+
+    configs: dict = {}
+
+    def fake_run_stage(cfg, folder):
+        configs[Path(folder).name] = cfg
+        return PlannedRun(cfg, folder)
+
+    monkeypatch.setattr(module, "run_stage", fake_run_stage)
+    monkeypatch.setattr(module, "linear_probe", lambda run: {})
+    return configs
+
+
+def test_temperature_default_and_finetuning_without_weight_decay(tmp_path, monkeypatch):
+    from fewlabels.cli import build_parser
+
+    assert create_algorithm("simclr", 2, 8).temperature == 0.5  # SimCLR's CIFAR value, for small batches
+    assert build_parser().parse_args(["simclr", "--out", "x"]).temperature == 0.5
+    configs = planned_stages(monkeypatch)
+    simclr(tmp_path / "a", dataset="digits", overrides=FAST)
+    assert configs["pretrain"].algorithm.options == {"temperature": 0.5}
+    assert configs["finetune"].optim.weight_decay == 0.0  # SimCLRv2 fine-tunes without weight decay
+    assert configs["baseline"].optim.weight_decay == 5e-4 and configs["distill"].optim.weight_decay == 5e-4
+    simclr(tmp_path / "b", dataset="digits", overrides={**FAST, "optim.weight_decay": 1e-4})
+    assert configs["finetune"].optim.weight_decay == 1e-4  # the user's choice is kept
+    config = tmp_path / "c.yaml"
+    config.write_text("optim:\n  weight_decay: 0.0005\n")
+    simclr(tmp_path / "c", dataset="digits", config=config)
+    assert configs["finetune"].optim.weight_decay == 5e-4
+
+
+def test_user_algorithm_options_go_to_the_stages_that_take_them(tmp_path, monkeypatch):
+    configs = planned_stages(monkeypatch)
+    for bad, message in [
+        ("threshold", r"'threshold' is not an option of any SimCLR stage algorithm \(supervised, simclr, distill\)"),
+        ("teacher", "'teacher' is set by the SimCLR pipeline itself"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            simclr(tmp_path / "bad", dataset="digits", overrides={**FAST, f"algorithm.{bad}": "x"})
+    assert not configs and not (tmp_path / "bad").exists()  # refused before anything trains
+    options = {
+        "algorithm.projection_dim": 32,
+        "algorithm.label_smoothing": 0.1,
+        "algorithm.mode": "consistent",
+        "algorithm.temperature": 2.0,
+    }
+    simclr(tmp_path / "a", dataset="digits", overrides={**FAST, **options})
+    algo = {stage: (cfg.algorithm.name, dict(cfg.algorithm.options)) for stage, cfg in configs.items()}
+    assert algo["pretrain"] == ("simclr", {"temperature": 0.5, "projection_dim": 32})
+    assert algo["baseline"] == algo["finetune"] == ("supervised", {"label_smoothing": 0.1})
+    teacher = str(tmp_path / "a" / "finetune")
+    assert algo["distill"] == ("distill", {"mode": "consistent", "temperature": 2.0, "teacher": teacher})
+
+
+def test_command_keeps_the_config_file_task(tmp_path, monkeypatch):
+    from fewlabels.cli import main
+
+    configs = planned_stages(monkeypatch)
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  dataset: digits\n  labels_per_class: 4\n  classes: [0, 1]\ntrain:\n  seed: 3\n")
+    assert main(["simclr", "--out", str(tmp_path / "a"), "--config", str(config), "--no-progress"]) == 0
+    for cfg in configs.values():
+        d = cfg.data
+        assert (d.dataset, d.labels_per_class, d.classes, cfg.train.seed) == ("digits", 4, [0, 1], 3)
+    settings = json.loads((tmp_path / "a" / "pipeline.json").read_text())
+    assert (settings["dataset"], settings["labels_per_class"], settings["seed"]) == ("digits", 4, 3)
+    # a flag wins over the file; an argument for one of labels_per_class / num_labels replaces the other
+    assert main(["simclr", "--out", str(tmp_path / "b"), "--config", str(config), "--num-labels", "6"]) == 0
+    d = configs["finetune"].data
+    assert (d.labels_per_class, d.num_labels, configs["finetune"].train.seed) == (None, 6, 3)

@@ -157,7 +157,9 @@ def _simclr_parser(sub: Any) -> None:
     p.add_argument("--pretrain-steps", type=int, default=None, help="steps of the pretraining (default: --steps)")
     p.add_argument("--projection-layers", type=int, default=2, help="hidden layers of the projection head")
     p.add_argument("--finetune-from", type=int, default=1, help="projection layers kept for fine-tuning")
-    p.add_argument("--temperature", type=float, default=0.2, help="NT-Xent temperature")
+    p.add_argument(
+        "--temperature", type=float, default=0.5, help="NT-Xent temperature of the pretraining (default: 0.5)"
+    )
     p.add_argument("--student-model", help="the distilled student's model (default: the fine-tuned model's)")
     _config_flags(p, frozenset({"algorithm.name"}))
 
@@ -341,16 +343,11 @@ def _cmd_noisy_student(args: argparse.Namespace) -> None:
     out = overrides.pop("out", None)
     if not out:
         raise FewLabelsError("noisy-student needs --out DIR, the pipeline folder (rerun the same command to resume)")
-    dataset = overrides.pop("data.dataset", None) or "fashion-mnist"
-    labels = overrides.pop("data.labels_per_class", 10)
-    seed = overrides.pop("train.seed", 0)
+    # Flags and --set win over --config; the pipeline's own defaults fill what neither gives.
     model = overrides.pop("model.name", None)
     result = noisy_student(
         out,
-        dataset=dataset,
-        labels_per_class=labels,
         iterations=args.iterations,
-        seed=seed,
         config=args.config,
         overrides=overrides,
         teacher_model=model,
@@ -372,14 +369,9 @@ def _cmd_simclr(args: argparse.Namespace) -> None:
     out = overrides.pop("out", None)
     if not out:
         raise FewLabelsError("simclr needs --out DIR, the pipeline folder (rerun the same command to resume)")
-    task = {k: overrides.pop(f"data.{k}", None) for k in ("dataset", "labels_per_class", "num_labels", "classes")}
+    # Flags and --set win over --config; the pipeline's own defaults fill what neither gives.
     result = simclr(
         out,
-        dataset=task["dataset"] or "fashion-mnist",
-        labels_per_class=task["labels_per_class"],
-        num_labels=task["num_labels"],
-        classes=task["classes"],
-        seed=overrides.pop("train.seed", 0),
         config=args.config,
         overrides=overrides,
         pretrain_steps=args.pretrain_steps,

@@ -46,7 +46,9 @@ class SimCLR(Algorithm):
 
     g is the projection head: the model's `neck` layers (set model.neck, e.g. 2: SimCLRv2's 3-layer head with its
     output layer) plus a linear `projection_dim` output added as an auxiliary head (not part of the saved model).
-    The two views are independent strong augmentations. Negatives are the other images of the global batch: under
+    `temperature` is the NT-Xent tau, 0.5 by default: SimCLR's CIFAR-10 value and the one for CPU-scale batches (a
+    few hundred images); ImageNet's 0.1 needs batches in the thousands. The two views are independent strong
+    augmentations. Negatives are the other images of the global batch: under
     DDP the embeddings of every rank are gathered (differentiably), so 2 ranks train as 1 process does.
     Evaluation during pretraining uses an untrained classifier, so
     its accuracy means nothing: fine-tune with model.init_from (the `simclr` pipeline does it).
@@ -59,7 +61,7 @@ class SimCLR(Algorithm):
         num_classes: int,
         num_unlabeled: int = 0,
         *,
-        temperature: float = 0.2,
+        temperature: float = 0.5,
         projection_dim: int = 64,
     ) -> None:
         super().__init__(num_classes, num_unlabeled)

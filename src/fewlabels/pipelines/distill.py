@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fewlabels.config import Config, resolve_config
+from fewlabels.config import Config
 from fewlabels.engine.run import Run
-from fewlabels.engine.stage import run_stage
+from fewlabels.engine.stage import check_algorithm_options, data_settings, pipeline_config, run_stage, stage_algorithm
 
 
 def distill(
@@ -22,24 +22,25 @@ def distill(
     config: str | Path | Mapping[str, Any] | Config | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Run:
-    """Train `model` (default: the teacher's) in `out` to match the teacher run's outputs; resumes if interrupted.
+    """Train `model` (default: the config's model.name, else the teacher's) in `out` to match the teacher run's
+    outputs; resumes if interrupted.
 
-    The data defaults to the teacher's dataset and split settings; its images are the distillation set (labels
-    unused). `mode` picks the variant of the `distill` algorithm ('function_matching', 'consistent',
-    'independent', or 'fixed' for the precomputed-teacher-labels baseline). `config` and dotted `overrides` set
-    everything else (e.g. {'train.steps': 20000}: distillation is patient).
+    The student inherits the teacher run's whole `data` section (dataset, split settings, classes, image size,
+    data root, ...) and its `train.seed`, so its split, and so its validation rows, are the teacher's; each of
+    these keys that `config`, `overrides` or `dataset` sets wins over the teacher's. The images are the
+    distillation set (labels unused unless algorithm.lambda_l > 0). `mode` picks the variant of the `distill`
+    algorithm ('function_matching', 'consistent', 'independent', or 'fixed' for the precomputed-teacher-labels
+    baseline). `config` and dotted `overrides` set everything else (e.g. {'train.steps': 20000}: distillation is
+    patient); their algorithm options that `distill` accepts (e.g. {'algorithm.lambda_l': 1}) are kept, while
+    teacher, mode and which come from the arguments; any other algorithm option is a ConfigError.
     """
     teacher_run = Run(teacher)
-    data = teacher_run.config.data
-    base = resolve_config(config, **dict(overrides or {}))
-    if config is None and not any(k.startswith("data.") for k in overrides or {}):
-        base = base.override(**{"data.labels_per_class": data.labels_per_class, "data.num_labels": data.num_labels})
+    inherited = {**data_settings(teacher_run.config), "train.seed": teacher_run.config.train.seed}
+    base = pipeline_config(config, overrides, arguments={"data.dataset": dataset}, fallbacks=inherited)
+    fixed = {"teacher": str(teacher_run.path.absolute()), "mode": mode, "which": which}
+    check_algorithm_options(base, {"distill": fixed}, "distill")
     cfg = base.override(
-        **{
-            "data.dataset": dataset or data.dataset,
-            "algorithm.name": "distill",
-            "algorithm.options": {"teacher": str(teacher_run.path.absolute()), "mode": mode, "which": which},
-            "model.name": model or teacher_run.model_info(which)["model"],
-        }
+        **stage_algorithm(base, "distill", fixed),
+        **{"model.name": model or base.model.name or teacher_run.model_info(which)["model"]},
     )
     return run_stage(cfg, out)

@@ -4,7 +4,7 @@ Each stage is a folder of the pipeline folder, so a killed pipeline resumes wher
 
     OUT/teacher/                        supervised run on the labels (label smoothing 0.1)
     OUT/iter-1/pseudo-labels/           the teacher's soft labels for the training set (eval mode, no augmentation)
-    OUT/iter-1/selection.safetensors    filtered (max prob >= threshold) and class-balanced rows of the unlabeled pool
+    OUT/iter-1/selection.safetensors    filtered (max prob >= threshold) and class-balanced rows of U (unlabeled only)
     OUT/iter-1/student/                 noisy_student run: RandAugment + dropout (+ stochastic depth), soft targets
     OUT/iter-2/...                      the student of iteration 1 is the teacher of iteration 2
     OUT/pipeline.json, OUT/report.md    settings and per-stage test accuracy
@@ -13,16 +13,26 @@ Each stage is a folder of the pipeline folder, so a killed pipeline resumes wher
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fewlabels.config import Config, resolve_config
+import numpy as np
+
+from fewlabels.config import Config
 from fewlabels.data import load_data, load_dataset
 from fewlabels.data.split import Split
 from fewlabels.engine.run import Run
-from fewlabels.engine.stage import check_pipeline_settings, pct, run_stage
+from fewlabels.engine.stage import (
+    check_algorithm_options,
+    check_pipeline_settings,
+    pct,
+    pipeline_config,
+    run_stage,
+    stage_algorithm,
+)
 from fewlabels.errors import ConfigError
 from fewlabels.io import atomic_write_text
 from fewlabels.models import MODELS
@@ -46,28 +56,76 @@ def _supports(model: str, option: str) -> bool:
 
 
 def _model_settings(base: Config, model: str, noise: bool, dropout: float, drop_path: float | None) -> dict[str, Any]:
-    """Dotted overrides giving the student its model and its model noise."""
+    """Dotted overrides giving the student its model and its model noise.
+
+    `drop_path` None means Noisy Student's stochastic depth, 0.2, or the config's model.options.drop_path; a model
+    without stochastic depth then trains with dropout alone, with a warning. An explicit `drop_path` > 0 for such
+    a model is a ConfigError; with `noise` off any stochastic depth is dropped (the ablation), with a warning.
+    """
     options = dict(base.model.options)
-    options.pop("drop_path", None)
-    if noise:
-        path = 0.2 if drop_path is None and _supports(model, "drop_path") else (drop_path or 0.0)
-        if path > 0:
-            if not _supports(model, "drop_path"):
-                raise ConfigError(
-                    f"stochastic depth (drop_path={path}) needs a residual student model (wrn28_2, wrn28_8, "
-                    f"resnet18), not {model!r}: choose one or set drop_path=0"
-                )
-            options["drop_path"] = path
-    return {"model.name": model, "model.dropout": dropout if noise else 0.0, "model.options": options}
+    asked = options.pop("drop_path", None) if drop_path is None else drop_path
+    if not noise:
+        if asked:
+            warnings.warn(
+                f"drop_path={asked} is ignored: noise is off (the ablation trains the student without model noise)",
+                UserWarning,
+                stacklevel=3,
+            )
+        return {"model.name": model, "model.dropout": 0.0, "model.options": options}
+    if asked is None:
+        if _supports(model, "drop_path"):
+            options["drop_path"] = 0.2
+        else:
+            warnings.warn(
+                f"the student model {model!r} has no stochastic depth: its model noise is dropout "
+                f"({dropout}) alone; choose a residual student (wrn28_2, wrn28_8, resnet18) for Noisy Student's "
+                "stochastic depth",
+                UserWarning,
+                stacklevel=3,
+            )
+    elif asked > 0:
+        if not _supports(model, "drop_path"):
+            raise ConfigError(
+                f"stochastic depth (drop_path={asked}) needs a residual student model (wrn28_2, wrn28_8, "
+                f"resnet18), not {model!r}: choose one or set drop_path=0"
+            )
+        options["drop_path"] = asked
+    return {"model.name": model, "model.dropout": dropout, "model.options": options}
+
+
+def _parameter_count(cfg: Config, bundle: Any) -> int:
+    from fewlabels.models import create_model
+
+    model = create_model(
+        cfg.model.name or bundle.default_model,
+        num_classes=bundle.num_classes,
+        input_shape=bundle.input_shape,
+        neck=cfg.model.neck,
+        **cfg.model.options,
+    )
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_student_size(teacher: Config, student: Config, bundle: Any) -> tuple[int, int]:
+    """(teacher, student) parameter counts of the two stage configs' models on `bundle`'s data; a ConfigError when
+    the student is smaller (Noisy Student's student is equal or larger), naming both counts."""
+    sizes = _parameter_count(teacher, bundle), _parameter_count(student, bundle)
+    if sizes[1] < sizes[0]:
+        raise ConfigError(
+            f"the student model {student.model.name!r} has {sizes[1]:,} parameters, fewer than the teacher model "
+            f"{teacher.model.name!r} with {sizes[0]:,}: Noisy Student needs an equal-or-larger student (choose "
+            "another --student-model; to compress a model use `fewlabels distill`)"
+        )
+    return sizes
 
 
 def noisy_student(
     out: str | Path,
     *,
-    dataset: str = "fashion-mnist",
-    labels_per_class: int | None = 10,
+    dataset: str | None = None,
+    labels_per_class: int | None = None,
     iterations: int = 2,
-    seed: int = 0,
+    seed: int | None = None,
     config: str | Path | Mapping[str, Any] | Config | None = None,
     overrides: Mapping[str, Any] | None = None,
     teacher_model: str | None = None,
@@ -82,23 +140,45 @@ def noisy_student(
 ) -> NoisyStudentResult:
     """Run (or resume) the Noisy Student pipeline in `out` and return its runs.
 
-    `config` plus dotted `overrides` (e.g. {'train.steps': 2000}) are the training settings of every stage. The
-    teacher trains on the labels alone; each iteration pseudo-labels the training set with the current teacher in
-    eval mode, keeps the rows of the split's unlabeled pool whose top probability is >= `threshold`, balances the
-    classes to `per_class` rows each (default: the median class count; small classes are duplicated), and trains
-    a student (`student_model`, default the teacher's model: equal or larger) on labels plus those soft (or `hard`)
+    `config` plus dotted `overrides` (e.g. {'train.steps': 2000}) are the training settings of every stage.
+    `dataset`, `labels_per_class` and `seed`, when given, win over them; when neither gives a value the pipeline
+    uses fashion-mnist, 10 labels per class (unless data.num_labels is set; ask for every label with
+    overrides={'data.labels_per_class': None}) and seed 0. User algorithm options go to the stages whose algorithm
+    accepts them: `supervised` for the teacher (label smoothing 0.1 unless set) and `noisy_student` for the
+    students (whose pseudo_labels and augment the pipeline sets); any other is a ConfigError.
+
+    The teacher trains on the labels alone; each iteration pseudo-labels the training set with the current teacher
+    in eval mode, keeps the rows of the split's unlabeled pool minus its labeled rows (never validation rows)
+    whose top probability is >= `threshold`, balances the classes to `per_class` rows each (default: the median
+    class count; small classes are duplicated), and trains a student (`student_model`, default the teacher's
+    model; one with fewer parameters than the teacher's is a ConfigError) on labels plus those soft (or `hard`)
     labels with input noise (RandAugment + Cutout) and model noise (`dropout`; stochastic depth `drop_path`,
-    default 0.2 on residual models). `noise=False` is the ablation: no augmentation, dropout or stochastic depth.
+    default 0.2 on residual models, a warning on others). `noise=False` is the ablation: no augmentation, dropout
+    or stochastic depth.
     """
     from fewlabels.pipelines.pseudo_label import PseudoLabels, pseudo_label, select
 
     if iterations < 1:
         raise ConfigError(f"iterations must be >= 1, got {iterations}")
     out = Path(out).absolute()
-    base = resolve_config(config, **dict(overrides or {}))
-    base = base.override(**{"data.dataset": dataset, "data.labels_per_class": labels_per_class, "train.seed": seed})
+    base = pipeline_config(
+        config,
+        overrides,
+        arguments={"data.dataset": dataset, "data.labels_per_class": labels_per_class, "train.seed": seed},
+        fallbacks={"data.dataset": "fashion-mnist", "data.labels_per_class": 10, "train.seed": 0},
+    )
+    dataset, labels_per_class, seed = base.data.dataset, base.data.labels_per_class, base.train.seed
+    check_algorithm_options(base, {"supervised": (), "noisy_student": ("pseudo_labels", "augment")}, "Noisy Student")
     teacher_name = teacher_model or base.model.name or load_dataset(dataset, root=base.data.data_root).default_model
     student_name = student_model or teacher_name
+    teacher_cfg = base.override(
+        **stage_algorithm(base, "supervised", defaults={"label_smoothing": 0.1}), **{"model.name": teacher_name}
+    )
+    student_model_settings = _model_settings(base, student_name, noise, dropout, drop_path)
+    bundle = None
+    if student_name != teacher_name:
+        bundle = load_data(base.data)
+        check_student_size(teacher_cfg, base.override(**student_model_settings), bundle)
     settings = {
         "dataset": dataset,
         "labels_per_class": labels_per_class,
@@ -116,27 +196,15 @@ def noisy_student(
     }
     check_pipeline_settings(out, settings, "Noisy Student")
 
-    teacher_cfg = base.override(
-        **{"algorithm.name": "supervised", "algorithm.options": {"label_smoothing": 0.1}, "model.name": teacher_name}
-    )
     teacher = run_stage(teacher_cfg, out / "teacher")
     result = NoisyStudentResult(out=out, teacher=teacher)
-    bundle = None
     current = teacher
     for k in range(1, iterations + 1):
         stage = out / f"iter-{k}"
         student_dir = stage / "student"
         selection_path = stage / "selection.safetensors"
-        student_cfg = base.override(
-            **{
-                "algorithm.name": "noisy_student",
-                "algorithm.options": {
-                    "pseudo_labels": str(selection_path),
-                    "augment": "strong" if noise else "none",
-                },
-                **_model_settings(base, student_name, noise, dropout, drop_path),
-            }
-        )
+        fixed = {"pseudo_labels": str(selection_path), "augment": "strong" if noise else "none"}
+        student_cfg = base.override(**stage_algorithm(base, "noisy_student", fixed), **student_model_settings)
         if not (student_dir / "summary.json").exists():
             labels_dir = stage / "pseudo-labels"
             if not PseudoLabels.exists(labels_dir) or not PseudoLabels(labels_dir).is_complete():
@@ -144,18 +212,18 @@ def noisy_student(
                     bundle = load_data(base.data)
                 pseudo_label(current.path, bundle.x_train, labels_dir, batch_size=batch_size, progress=False)
             if not selection_path.exists():
-                split = Split.load(current.path / "split.json")
+                pool = unlabeled_pool(Split.load(current.path / "split.json"))
                 chosen = select(
                     PseudoLabels(labels_dir),
                     threshold=threshold,
                     per_class=per_class,
                     hard=hard,
                     seed=seed + k,
-                    subset=split.unlabeled,
+                    subset=pool,
                 )
                 if len(chosen) == 0:
                     raise ConfigError(
-                        f"none of the {len(split.unlabeled)} unlabeled rows got a pseudo-label with probability >= "
+                        f"none of the {len(pool)} unlabeled rows got a pseudo-label with probability >= "
                         f"{threshold} from the teacher in {current.path}: lower --threshold or train the teacher "
                         "longer (more --steps)"
                     )
@@ -165,6 +233,13 @@ def noisy_student(
         _write_report(out, settings, result)
     _write_report(out, settings, result)
     return result
+
+
+def unlabeled_pool(split: Split) -> np.ndarray:
+    """Noisy Student's U: the split's unlabeled rows minus its labeled rows and validation rows (sorted row indices
+    into x_train). The split's pool includes the labeled rows by default (FixMatch's convention); the teacher
+    already trained on those with their true labels."""
+    return np.setdiff1d(split.unlabeled, np.union1d(split.labeled, split.val))
 
 
 def _write_report(out: Path, settings: dict[str, Any], result: NoisyStudentResult) -> None:

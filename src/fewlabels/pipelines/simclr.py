@@ -1,8 +1,10 @@
 """The SimCLRv2 semi-supervised pipeline (Chen et al. 2020): contrastive pretraining on every image, fine-tuning
 from the first projection-head layer on the few labels, then distillation into a student on the unlabeled images.
 
-    OUT/pretrain/    simclr on all training images (labels unused); model with `neck` projection layers
-    OUT/finetune/    supervised on the labels, initialised from pretrain/, keeping the first projection layer
+    OUT/pretrain/    simclr on all training images (labels unused); model with `neck` projection layers; NT-Xent
+                     temperature 0.5 by default (SimCLR's CIFAR value, suited to small batches)
+    OUT/finetune/    supervised on the labels, initialised from pretrain/, keeping the first projection layer; no weight
+                     decay unless the config sets optim.weight_decay (SimCLRv2's fine-tuning recipe)
     OUT/distill/     the student matches the fine-tuned model on the unlabeled images (function matching)
     OUT/baseline/    the same model trained on the labels alone, for comparison
     OUT/pipeline.json, OUT/report.md
@@ -18,9 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fewlabels.config import Config, resolve_config
+from fewlabels.config import Config
 from fewlabels.engine.run import Run
-from fewlabels.engine.stage import check_pipeline_settings, pct, run_stage
+from fewlabels.engine.stage import (
+    check_algorithm_options,
+    check_pipeline_settings,
+    given_keys,
+    pct,
+    pipeline_config,
+    run_stage,
+    stage_algorithm,
+)
 from fewlabels.errors import ConfigError
 from fewlabels.io import atomic_write_text
 
@@ -71,40 +81,54 @@ def linear_probe(run: Run) -> dict[str, float | None]:
 def simclr(
     out: str | Path,
     *,
-    dataset: str = "fashion-mnist",
+    dataset: str | None = None,
     labels_per_class: int | None = None,
     num_labels: int | None = None,
     classes: list[str | int] | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     config: str | Path | Mapping[str, Any] | Config | None = None,
     overrides: Mapping[str, Any] | None = None,
     pretrain_steps: int | None = None,
     projection_layers: int = 2,
     finetune_from: int = 1,
-    temperature: float = 0.2,
+    temperature: float = 0.5,
     student_model: str | None = None,
 ) -> SimCLRResult:
     """Run (or resume) the pipeline in `out`; `config` plus dotted `overrides` set every stage's training.
 
     `classes` cuts a task from the dataset (e.g. two classes: a binary task, reported with ROC AUC);
-    `labels_per_class` / `num_labels` set the few labels. Pretraining runs `pretrain_steps` (default: the config's
-    steps) with a projection head of `projection_layers` hidden layers plus its output; fine-tuning keeps the first
-    `finetune_from` of them (SimCLRv2: 1). The student (`student_model`, default the same model) is distilled on
-    the unlabeled images.
+    `labels_per_class` / `num_labels` set the few labels. These, `dataset` and `seed` win over `config` and
+    `overrides` when given; when neither gives a value the pipeline uses fashion-mnist, every class, every label
+    and seed 0. Pretraining runs `pretrain_steps` (default: the config's steps) with a projection head of
+    `projection_layers` hidden layers plus its output, and NT-Xent at `temperature` (default 0.5, the CIFAR value
+    of SimCLR and the one for CPU-scale batches; 0.1 is ImageNet's at batch 4096); fine-tuning keeps the first
+    `finetune_from` of them (SimCLRv2: 1) and, as in SimCLRv2, uses no weight decay (optim.weight_decay 0) unless
+    `config` or `overrides` set optim.weight_decay. The student (`student_model`, default the same model) is
+    distilled on the unlabeled images by function matching.
+
+    User algorithm options go to the stages whose algorithm accepts them: `supervised` (baseline and fine-tuning),
+    `simclr` (pretraining; its temperature is the `temperature` argument) and `distill` (whose teacher the
+    pipeline sets; e.g. {'algorithm.mode': 'consistent'}). So {'algorithm.temperature': 2} sets the distillation
+    temperature only. An option no stage uses is a ConfigError.
     """
     if not 0 <= finetune_from <= projection_layers:
         raise ConfigError(f"finetune_from must be between 0 and projection_layers ({projection_layers})")
     out = Path(out).absolute()
-    task = {"data.dataset": dataset, "data.labels_per_class": labels_per_class, "data.num_labels": num_labels}
-    if classes:
-        task["data.classes"] = list(classes)
-    base = resolve_config(config, **dict(overrides or {})).override(**task, **{"train.seed": seed})
+    task = {
+        "data.dataset": dataset,
+        "data.labels_per_class": labels_per_class,
+        "data.num_labels": num_labels,
+        "data.classes": list(classes) if classes else None,
+        "train.seed": seed,
+    }
+    base = pipeline_config(config, overrides, arguments=task, fallbacks={"data.dataset": "fashion-mnist"})
+    check_algorithm_options(base, {"supervised": (), "simclr": ("temperature",), "distill": ("teacher",)}, "SimCLR")
     settings = {
-        "dataset": dataset,
-        "classes": list(classes) if classes else None,
-        "labels_per_class": labels_per_class,
-        "num_labels": num_labels,
-        "seed": seed,
+        "dataset": base.data.dataset,
+        "classes": list(base.data.classes) if base.data.classes else None,
+        "labels_per_class": base.data.labels_per_class,
+        "num_labels": base.data.num_labels,
+        "seed": base.train.seed,
         "pretrain_steps": pretrain_steps,
         "projection_layers": projection_layers,
         "finetune_from": finetune_from,
@@ -113,17 +137,15 @@ def simclr(
         "config": base.to_dict(),
     }
     check_pipeline_settings(out, settings, "SimCLR")
+    supervised = stage_algorithm(base, "supervised")
     runs: dict[str, Run] = {}
-    runs["baseline"] = run_stage(
-        base.override(**{"algorithm.name": "supervised", "model.neck": finetune_from}), out / "baseline"
-    )
+    runs["baseline"] = run_stage(base.override(**supervised, **{"model.neck": finetune_from}), out / "baseline")
     pretrain = base.override(
+        **stage_algorithm(base, "simclr", {"temperature": temperature}),
         **{
-            "algorithm.name": "simclr",
-            "algorithm.options": {"temperature": temperature},
             "model.neck": projection_layers,
             **({"train.steps": pretrain_steps, "train.budget": None} if pretrain_steps else {}),
-        }
+        },
     )
     runs["pretrain"] = run_stage(pretrain, out / "pretrain")
     probe_path = out / "pretrain-probe.json"
@@ -132,22 +154,19 @@ def simclr(
     else:
         probe = linear_probe(runs["pretrain"])
         atomic_write_text(probe_path, json.dumps(probe, indent=2))
+    no_decay = {} if "optim.weight_decay" in given_keys(config, overrides) else {"optim.weight_decay": 0.0}
     finetune = base.override(
-        **{
-            "algorithm.name": "supervised",
-            "model.neck": finetune_from,
-            "model.init_from": str(runs["pretrain"].path),
-        }
+        **supervised,
+        **{"model.neck": finetune_from, "model.init_from": str(runs["pretrain"].path), **no_decay},
     )
     runs["finetune"] = run_stage(finetune, out / "finetune")
     teacher = runs["finetune"]
     distill = base.override(
+        **stage_algorithm(base, "distill", {"teacher": str(teacher.path)}, defaults={"mode": "function_matching"}),
         **{
-            "algorithm.name": "distill",
-            "algorithm.options": {"teacher": str(teacher.path), "mode": "function_matching"},
             "model.name": student_model or teacher.model_info()["model"],
             "model.neck": finetune_from if not student_model else base.model.neck,
-        }
+        },
     )
     runs["distill"] = run_stage(distill, out / "distill")
     result = SimCLRResult(out=out, runs=runs, probe=probe)
