@@ -501,3 +501,30 @@ def test_noisy_student_refuses_selected_rows_outside_the_unlabeled_pool(tmp_path
     assert algo.unlabeled_pool(list(range(9))) == chosen.index.tolist()
     with pytest.raises(ConfigError, match=r"2 selected pseudo-labeled rows \(e.g. row 6\).*validation"):
         algo.unlabeled_pool([0, 1, 2, 3, 4, 5, 8])  # rows 6 and 7 are, say, validation rows
+
+
+def test_select_command_keeps_only_the_runs_remaining_train_rows(teacher, tmp_path, capsys):
+    """`fewlabels pseudo-label` then `fewlabels select --run`: the selection equals select() on the run's U."""
+    import json as _json
+
+    from fewlabels.cli import main
+    from fewlabels.data import Split
+    from fewlabels.pipelines.noisy_student import unlabeled_pool
+
+    labels_dir = tmp_path / "labels"
+    assert main(["pseudo-label", str(teacher), "digits", "--out", str(labels_dir), "--no-progress"]) == 0
+    out = tmp_path / "sel.safetensors"
+    argv = ["select", str(labels_dir), "--out", str(out), "--threshold", "0.2", "--run", str(teacher), "--hard"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert f"-> {out}" in capsys.readouterr().out
+    split = Split.load(teacher / "split.json")
+    u = unlabeled_pool(split)
+    chosen = Selection.load(out)
+    assert set(chosen.index.tolist()) <= set(u.tolist())
+    assert not set(chosen.index.tolist()) & (set(split.labeled) | set(split.val))
+    expected = select(labels_dir, threshold=0.2, hard=True, subset=u)
+    assert torch.equal(chosen.index, expected.index) and torch.allclose(chosen.targets, expected.targets)
+    assert _json.loads(out.with_suffix(".json").read_text())["hard"] is True
+    # A bad threshold is one clear line.
+    assert main(["select", str(labels_dir), "--out", str(out), "--threshold", "2"]) == 2
+    assert "threshold must be a probability" in capsys.readouterr().err

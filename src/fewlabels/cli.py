@@ -135,6 +135,25 @@ def _pseudo_label_parser(sub: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def _select_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "select", help="Noisy Student's filtering and class balancing of pseudo-labels; writes a selection file"
+    )
+    p.add_argument("labels", help="a folder written by `fewlabels pseudo-label`")
+    p.add_argument("--out", required=True, help="the selection file (.safetensors, plus a .json sidecar)")
+    p.add_argument("--threshold", type=float, default=0.3, help="keep pseudo-labels whose top probability >= this")
+    p.add_argument("--per-class", type=int, default=None, help="rows per class after balancing (default: median)")
+    p.add_argument("--no-balance", action="store_true", help="do not copy the rows of under-filled classes")
+    p.add_argument("--hard", action="store_true", help="label-smoothed one-hot labels instead of soft ones")
+    p.add_argument("--seed", type=int, default=0, help="seed of the copies drawn for under-filled classes")
+    p.add_argument(
+        "--run",
+        default=None,
+        help="keep only rows of this run's U (training rows neither labeled nor validation); the pseudo-labels must "
+        "cover that run's training set",
+    )
+
+
 def _noisy_student_parser(sub: Any) -> None:
     p = sub.add_parser(
         "noisy-student", help="teacher -> pseudo-labels -> noised student, iterated (each stage a resumable run)"
@@ -223,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     _benchmark_parser(sub)
     _distill_parser(sub)
     _pseudo_label_parser(sub)
+    _select_parser(sub)
     _noisy_student_parser(sub)
     _simclr_parser(sub)
     p = sub.add_parser("report", help="write a report of a run: curves, confusion matrix, pseudo-labels, config")
@@ -334,6 +354,30 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> None:
     )
     if os.environ.get("RANK", "0") == "0":
         print(f"{labels.num_items} items in {labels.num_shards} shards: {labels.path}")
+
+
+def _cmd_select(args: argparse.Namespace) -> None:
+    from fewlabels.data import Split
+    from fewlabels.engine.run import Run
+    from fewlabels.pipelines.noisy_student import unlabeled_pool
+    from fewlabels.pipelines.pseudo_label import select
+
+    subset = None
+    if args.run is not None:
+        run = Run(args.run)
+        subset = unlabeled_pool(Split.load(run.path / "split.json"))
+    chosen = select(
+        args.labels,
+        threshold=args.threshold,
+        per_class=args.per_class,
+        balance=not args.no_balance,
+        hard=args.hard,
+        seed=args.seed,
+        subset=subset,
+    )
+    path = chosen.save(args.out)
+    counts = ", ".join(f"{c}: {n}" for c, n in zip(chosen.classes, chosen.class_counts.tolist(), strict=True))
+    print(f"{len(chosen)} rows ({counts}) -> {path}")
 
 
 def _cmd_noisy_student(args: argparse.Namespace) -> None:
@@ -475,6 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": _cmd_benchmark,
         "distill": _cmd_distill,
         "pseudo-label": _cmd_pseudo_label,
+        "select": _cmd_select,
         "noisy-student": _cmd_noisy_student,
         "simclr": _cmd_simclr,
         "report": _cmd_report,
