@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 import fewlabels
@@ -451,13 +452,19 @@ def test_two_torchrun_processes_write_the_same_shards_as_one(mlp_teacher, digits
     np.save(tmp_path / "pool.npy", digits.numpy())
     pseudo_label(mlp_teacher, tmp_path / "pool.npy", tmp_path / "one", shard_size=300, device="cpu", progress=False)
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    args = ["-m", "fewlabels.pipelines.pseudo_label", str(mlp_teacher), str(tmp_path / "pool.npy")]
+    args = ["-m", "fewlabels", "pseudo-label", str(mlp_teacher), str(tmp_path / "pool.npy")]  # the README's form
     args += ["--out", str(tmp_path / "two"), "--shard-size", "300", "--device", "cpu", "--no-progress"]
     done = subprocess.run([*launch, *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert PseudoLabels(tmp_path / "two").is_complete()
     assert_same_shards(tmp_path / "one", tmp_path / "two", exact=False)
     assert torch.equal(PseudoLabels(tmp_path / "one").hard(), PseudoLabels(tmp_path / "two").hard())
+    # Each rank took whole shards, alternately: 6 shards of 300 rows, ranks 0, 1, 0, 1, 0, 1.
+    writers = []
+    for path in sorted((tmp_path / "two").glob("shard-*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            writers.append(int(f.metadata()["rank"]))
+    assert writers == [0, 1, 0, 1, 0, 1]
 
 
 def test_a_kill_between_a_selections_two_writes_leaves_no_finished_selection(tmp_path, monkeypatch):

@@ -429,11 +429,12 @@ def _summarise(probs: Tensor, k: int, full: bool) -> dict[str, Tensor]:
     return out
 
 
-def _write_shard(path: Path, i: int, start: int, stop: int, parts: list[dict[str, Tensor]]) -> None:
+def _write_shard(path: Path, i: int, start: int, stop: int, parts: list[dict[str, Tensor]], rank: int = 0) -> None:
     tensors = {"index": torch.arange(start, stop, dtype=torch.int64)}
     for key in parts[0]:
         tensors[key] = torch.cat([p[key] for p in parts]).contiguous()
-    meta = {"format": FORMAT, "shard": str(i), "start": str(start), "stop": str(stop)}
+    # `rank`: the torchrun rank that labelled the shard (each rank takes whole shards), for provenance.
+    meta = {"format": FORMAT, "shard": str(i), "start": str(start), "stop": str(stop), "rank": str(rank)}
     atomic_write_bytes(path, safetensors_bytes(tensors, metadata=meta))
 
 
@@ -678,7 +679,7 @@ def pseudo_label(
                         parts.append(_summarise((logits / temperature).softmax(-1), k, full))
                         if bar is not None:
                             bar.update(len(x))
-                    _write_shard(out / shard_name(i), i, start, stop, parts)
+                    _write_shard(out / shard_name(i), i, start, stop, parts, rank=dinfo.rank)
                     del parts
         finally:
             if bar is not None:
