@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any, TextIO
+from collections.abc import Sequence
+from typing import Any
 
 from fewlabels.errors import FewLabelsError
+from fewlabels.io import atomic_open
 
 # Flag -> dotted config key. Flags left unset do not override the YAML file or the defaults.
 TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -454,26 +452,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     if not args.out:
         write_predictions(predictions, sys.stdout)
         return
-    with _atomic_text_file(args.out) as f:
+    with atomic_open(args.out) as f:
         write_predictions(predictions, f)
-
-
-@contextlib.contextmanager
-def _atomic_text_file(path: str) -> Iterator[TextIO]:
-    """A text file written in a temporary file beside `path` and renamed over it only when complete."""
-    target = Path(path).expanduser()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _cmd_export(args: argparse.Namespace) -> None:

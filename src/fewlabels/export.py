@@ -340,7 +340,7 @@ def _load_safetensors(path: Path) -> ExportedModel:
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    from fewlabels.models import create_model
+    from fewlabels.engine.run import build_model
 
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -349,16 +349,7 @@ def _load_safetensors(path: Path) -> ExportedModel:
     except (SafetensorError, OSError) as e:
         raise DataError(f"cannot read {path} as a safetensors file ({e})") from e
     meta = _parse_metadata(header.get(METADATA_KEY), path)
-    model = create_model(
-        meta["model"],
-        num_classes=meta["num_classes"],
-        input_shape=tuple(meta["input_shape"]),
-        mean=meta["mean"],
-        std=meta["std"],
-        dropout=meta.get("dropout", 0.0),
-        neck=meta.get("neck", 0),
-        **meta.get("options", {}),
-    )
+    model = build_model(meta)
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:

@@ -39,6 +39,23 @@ def save_model(folder: Path, model: nn.Module, bundle: Any, cfg: Config, name: s
     atomic_write_text(folder / f"{name}.json", json.dumps(meta, indent=2))
 
 
+def build_model(info: dict[str, Any]) -> nn.Module:
+    """An untrained model as `save_model` described it (name, classes, input shape, normalisation, dropout, neck
+    and factory options): what a run's model.json or an exported file's metadata rebuilds before loading weights."""
+    from fewlabels.models import create_model
+
+    return create_model(
+        info["model"],
+        num_classes=info["num_classes"],
+        input_shape=tuple(info["input_shape"]),
+        mean=info["mean"],
+        std=info["std"],
+        dropout=info.get("dropout", 0.0),
+        neck=info.get("neck", 0),
+        **info.get("options", {}),
+    )
+
+
 class Run:
     """Read access to a run folder written by `fewlabels.train`."""
 
@@ -104,19 +121,7 @@ class Run:
 
     def load_model(self, which: str = "model") -> nn.Module:
         """The final EMA model ('model') or the best-on-validation one ('best'), in eval mode, on the CPU."""
-        from fewlabels.models import create_model
-
-        info = self.model_info(which)
-        model = create_model(
-            info["model"],
-            num_classes=info["num_classes"],
-            input_shape=tuple(info["input_shape"]),
-            mean=info["mean"],
-            std=info["std"],
-            dropout=info["dropout"],
-            neck=info.get("neck", 0),
-            **info.get("options", {}),
-        )
+        model = build_model(self.model_info(which))
         model.load_state_dict(load_file(str(self.path / f"{which}.safetensors")))
         return model.eval()
 
