@@ -20,6 +20,7 @@ from sklearn.utils import _safe_indexing
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from fewlabels.algorithms.classic import is_classic
 from fewlabels.data import DataBundle
 from fewlabels.data.formats import _npz_inputs
 from fewlabels.errors import ConfigError
@@ -181,7 +182,7 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         self.input_shape_ = tuple(x.shape[1:])
         modality = "vector" if x.ndim == 2 else "image"
         algorithm = self.algorithm
-        if not unlabeled.any() and algorithm != "supervised" and not _is_classic(algorithm):
+        if not unlabeled.any() and algorithm != "supervised" and not is_classic(algorithm):
             warnings.warn(
                 f"y holds no unlabeled sample (-1), so there is nothing for {algorithm!r} to learn from: "
                 "training 'supervised' on the labels alone",
@@ -216,8 +217,8 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
                 folder = Path(tmp) / "run"
             run = train(cfg.override(out=str(folder)), data=bundle)
             self.summary_ = run.summary
-            self.model_ = None if _is_classic(algorithm) else run.load_model("model")
-            self.classic_ = getattr(run, "classic_model", None)
+            self.model_ = None if is_classic(algorithm) else run.load_model("model")
+            self.classic_ = run.classic_model
             self.run_path_ = str(folder) if self.out is not None else None
 
     def _config(self, algorithm: str) -> Any:
@@ -355,14 +356,6 @@ def _missing_to_none(y: Any) -> Any:
     if getattr(arr, "dtype", None) is not None and arr.dtype.kind == "O" and arr.ndim == 1:
         return np.array([None if _is_missing(v) else v for v in arr.tolist()], dtype=object)
     return y
-
-
-def _is_classic(name: str) -> bool:
-    try:
-        from fewlabels.algorithms.classic import is_classic
-    except ImportError:
-        return False
-    return is_classic(name)
 
 
 class SemiSupervisedKFold:
