@@ -19,7 +19,6 @@ from fewlabels import benchmark
 from fewlabels.algorithms.classic import (
     CLASSIC,
     classic_options,
-    fit_rows,
     is_classic,
     list_classic,
     make_classic,
@@ -27,6 +26,7 @@ from fewlabels.algorithms.classic import (
 )
 from fewlabels.benchmark import canonical_algorithm, parse_algorithm_option, run_benchmark
 from fewlabels.data import Split, load_dataset, make_split
+from fewlabels.engine.classic import fit_rows
 from fewlabels.engine.run import Run
 from fewlabels.errors import ConfigError
 

@@ -17,11 +17,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from fewlabels.algorithms import Batch, BatchPart, StepContext
-from fewlabels.algorithms.classic import fit_classic, is_classic, resolve_algorithm_name
+from fewlabels.algorithms.classic import is_classic, resolve_algorithm_name
 from fewlabels.config import Config, parse_duration, resolve_config
 from fewlabels.data import DataBundle
 from fewlabels.engine import checkpoint as ckpt
 from fewlabels.engine.budget import BudgetPlanner
+from fewlabels.engine.classic import fit_classic
 from fewlabels.engine.distributed import (
     DistInfo,
     all_gather_cat,
