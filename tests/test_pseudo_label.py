@@ -35,6 +35,8 @@ from fewlabels.pipelines.pseudo_label import (
     shard_name,
     write_probs,
 )
+from fewlabels.pipelines.pseudo_label import selection as plselection
+from fewlabels.pipelines.pseudo_label import shards as plshards
 
 # ----------------------------------------------------------------------------------------------- fixtures
 
@@ -135,7 +137,7 @@ def recorded(monkeypatch) -> list[tuple[int, int]]:
     """Every read pseudo_label makes from its source."""
     log: list[tuple[int, int]] = []
     real = plmod.open_source
-    monkeypatch.setattr(plmod, "open_source", lambda *a, **k: RecordingSource(real(*a, **k), log))
+    monkeypatch.setattr(plshards, "open_source", lambda *a, **k: RecordingSource(real(*a, **k), log))
     return log
 
 
@@ -477,7 +479,7 @@ def test_a_kill_between_a_selections_two_writes_leaves_no_finished_selection(tmp
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(plmod, "atomic_write_bytes", killed)
+        m.setattr(plselection, "atomic_write_bytes", killed)
         with pytest.raises(KeyboardInterrupt):
             chosen.save(target)
     assert target.with_suffix(".json").is_file() and not target.exists()
@@ -491,11 +493,11 @@ def test_a_leftover_file_list_of_a_killed_first_start_is_not_refused(tmp_path):
     out = tmp_path / "labels"
     out.mkdir()
     (out / plmod.FILES).write_text("/old/a.png\n")  # killed before manifest.json was written
-    assert plmod._prepare_out(out, {"format": "x"}, ["/new/a.png"]) is None
+    assert plshards._prepare_out(out, {"format": "x"}, ["/new/a.png"]) is None
     assert (out / plmod.FILES).read_text() == "/new/a.png\n" and (out / plmod.MANIFEST).is_file()
     (out / "other.txt").write_text("not ours")
     (out / plmod.MANIFEST).unlink()
-    assert "no manifest.json" in plmod._prepare_out(out, {"format": "x"}, None)
+    assert "no manifest.json" in plshards._prepare_out(out, {"format": "x"}, None)
 
 
 def test_noisy_student_refuses_selected_rows_outside_the_unlabeled_pool(tmp_path):
