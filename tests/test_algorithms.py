@@ -140,6 +140,14 @@ def test_flexmatch_curriculum_mapping_by_hand():
     no_warm = CurriculumThreshold(num_unlabeled=10, num_classes=2, threshold=0.9, warmup=False)
     no_warm.selected[:2] = 0
     assert no_warm.class_beta().tolist() == [1.0, 0.0]
+    # beta 0.8 separates the mapping M(x) = x / (2 - x) (threshold 0.6) from a linear beta * tau (0.72) and
+    # tau / (2 - beta) (0.75): 0.65 passes and 0.58 fails only under the right one.
+    thr = CurriculumThreshold(num_unlabeled=10, num_classes=2, threshold=0.9, warmup=True)
+    thr.selected[:4], thr.selected[4] = 0, 1  # class 0: 4, class 1: 1, unused: 5 -> beta = [0.8, 0.2]
+    assert thr.class_beta().tolist() == pytest.approx([0.8, 0.2])
+    probs = torch.tensor([[0.65, 0.35], [0.58, 0.42], [0.45, 0.55]])
+    # class 1 threshold = 0.9 * 0.2 / 1.8 = 0.1
+    assert thr(probs, index=torch.tensor([7, 8, 9])).tolist() == [1.0, 0.0, 1.0]
 
 
 def test_freematch_thresholds_by_hand():
@@ -203,6 +211,82 @@ def test_softmatch_alignment_shapes_weights_not_pseudo_labels():
     assert torch.all(out.pseudo[1] > 0) and torch.all(out.pseudo[1] <= 1)
     # At the start mu = 1/C, so every sample above chance confidence has weight 1.
     assert out.pseudo[1].tolist() == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_softmatch_weight_ema_starts_from_one_over_c_and_one():
+    weight_fn = TruncatedGaussianWeight(num_classes=4, momentum=0.9, n_sigma=2.0, align=False)
+    probs = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.4, 0.3, 0.2, 0.1], [0.25, 0.25, 0.25, 0.25]])
+    w = weight_fn(probs)
+    conf = [0.7, 0.4, 0.25]
+    batch_mean = sum(conf) / 3
+    batch_var = sum((c - batch_mean) ** 2 for c in conf) / 2
+    mu, var = 0.9 * 0.25 + 0.1 * batch_mean, 0.9 * 1.0 + 0.1 * batch_var
+    assert weight_fn.mean.item() == pytest.approx(mu, rel=1e-6)
+    assert weight_fn.var.item() == pytest.approx(var, rel=1e-6)
+    expected = [math.exp(-(min(c - mu, 0.0) ** 2) / (2 * var / 4)) for c in conf]
+    assert w.tolist() == pytest.approx(expected, rel=1e-5)
+    assert expected[0] == 1.0 and expected[2] < 1.0
+
+
+def test_softmatch_uniform_alignment_by_hand():
+    weight_fn = TruncatedGaussianWeight(num_classes=3, momentum=0.9, n_sigma=2.0, align=True)
+    rows = [[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.2, 0.5, 0.3]]
+    w = weight_fn(torch.tensor(rows))
+    # First call: E[p] is the batch mean; aligned p = SumNorm(p / E[p]).
+    mean_p = [sum(r[c] for r in rows) / 3 for c in range(3)]
+    aligned = [[r[c] / mean_p[c] for c in range(3)] for r in rows]
+    aligned = [[v / sum(a) for v in a] for a in aligned]
+    assert max(range(3), key=lambda c: aligned[2][c]) == 2  # alignment flips the third row's argmax (1 -> 2)
+    conf = [max(a) for a in aligned]
+    batch_mean = sum(conf) / 3
+    batch_var = sum((c - batch_mean) ** 2 for c in conf) / 2
+    mu, var = 0.9 / 3 + 0.1 * batch_mean, 0.9 + 0.1 * batch_var
+    expected = [math.exp(-(min(c - mu, 0.0) ** 2) / (2 * var / 4)) for c in conf]
+    assert w.tolist() == pytest.approx(expected, rel=1e-5)
+    # Second call: E[p] is an EMA of the batch means.
+    weight_fn(torch.tensor([[1 / 3, 1 / 3, 1 / 3]] * 3))
+    assert weight_fn.class_probs.tolist() == pytest.approx([0.9 * m + 0.1 / 3 for m in mean_p], rel=1e-6)
+
+
+def test_softmatch_pseudo_labels_come_from_unaligned_predictions():
+    algo = create_algorithm("softmatch", 3, 3)
+    rows = [[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.2, 0.5, 0.3]]
+    weak = torch.tensor(rows).log()  # Echo: the softmax of these logits is `rows`
+    batch = Batch(
+        labeled=BatchPart({"weak": torch.tensor([[2.0, 0.0, 0.0]])}, y=torch.tensor([0])),
+        unlabeled=BatchPart({"weak": weak, "strong": torch.zeros(3, 3)}, index=torch.arange(3)),
+    )
+    out = algo.step(Echo(), batch, StepContext(step=0, total_steps=10, num_classes=3))
+    assert out.pseudo[0].tolist() == [0, 0, 1]  # aligned, the last row would be class 2
+
+
+def test_freematch_step_is_labeled_plus_unlabeled_plus_fairness_by_hand():
+    algo = create_algorithm("freematch", 2, 3)  # momentum 0.999, lambda_u 1, lambda_fair 0.01
+    u_s = [[1.0, 0.0], [0.0, 2.0], [0.0, 1.0]]  # strong-view argmax 0, 1, 1: no ties
+    batch = Batch(
+        labeled=BatchPart({"weak": torch.tensor(X_L)}, y=torch.tensor(Y_L)),
+        unlabeled=BatchPart({"weak": torch.tensor(U_W), "strong": torch.tensor(u_s)}, index=torch.arange(3)),
+    )
+    out = algo.step(Echo(), batch, ctx())
+    weak = [[math.exp(v) / sum(math.exp(u) for u in r) for v in r] for r in U_W]
+    conf = [max(r) for r in weak]
+    tau = 0.999 * 0.5 + 0.001 * sum(conf) / 3
+    p = [0.999 * 0.5 + 0.001 * sum(r[c] for r in weak) / 3 for c in range(2)]
+    h = [0.999 * 0.5 + 0.001 * 1 / 3, 0.999 * 0.5 + 0.001 * 2 / 3]  # weak argmax 0, 1, 1
+    thresholds = [p[c] / max(p) * tau for c in range(2)]
+    pseudo = [0, 1, 1]
+    mask = [float(conf[i] >= thresholds[pseudo[i]]) for i in range(3)]
+    assert mask == [1.0, 1.0, 1.0] and out.pseudo[1].tolist() == mask
+    loss_u = sum(ce(u_s[i], pseudo[i]) for i in range(3)) / 3
+    strong = [[math.exp(v) / sum(math.exp(u) for u in r) for v in r] for r in u_s]
+    target = [p[c] / h[c] for c in range(2)]
+    target = [t / sum(target) for t in target]
+    hist_s = [1 / 3, 2 / 3]
+    mean_s = [sum(r[c] for r in strong) / 3 / hist_s[c] for c in range(2)]
+    mean_s = [m / sum(mean_s) for m in mean_s]
+    fair = sum(t * math.log(m) for t, m in zip(target, mean_s, strict=True))
+    assert out.logs["loss_fair"].item() == pytest.approx(fair, rel=1e-5)
+    assert out.loss.item() == pytest.approx(LOSS_L + loss_u + 0.01 * fair, rel=1e-6)
 
 
 @pytest.mark.parametrize("name", ["fixmatch", "flexmatch", "freematch", "softmatch", "pseudo_label"])

@@ -39,19 +39,22 @@ ARGS = [
 ]
 
 
-# FlexMatch's per-sample memory and Temporal Ensembling's ensemble are updated from the batches of both ranks, so
+# FlexMatch's per-sample memory, FreeMatch's and SoftMatch's running statistics (a fast momentum, so that a
+# per-rank update would show) and Temporal Ensembling's ensemble are updated from the batches of both ranks, so
 # they must equal the single process's; Mean Teacher's teacher is the engine's EMA on every rank.
 @pytest.mark.parametrize(
-    ("algorithm", "options", "state_key"),
+    ("algorithm", "options", "state_keys"),
     [
-        ("flexmatch", ["--set", "algorithm.threshold=0.2"], "selected"),
-        ("temporal_ensembling", [], "ensemble"),
-        ("mean_teacher", [], None),
+        ("flexmatch", ["--set", "algorithm.threshold=0.2"], ["selected"]),
+        ("freematch", ["--set", "algorithm.momentum=0.5"], ["class_probs", "label_hist", "global_threshold"]),
+        ("softmatch", ["--set", "algorithm.momentum=0.5"], ["class_probs", "mean", "var"]),
+        ("temporal_ensembling", [], ["ensemble"]),
+        ("mean_teacher", [], []),
         # SimCLR's negatives are gathered from both ranks (differentiably): the global batch, as in one process.
-        ("simclr", [], None),
+        ("simclr", [], []),
     ],
 )
-def test_two_processes_match_one_process(tmp_path, algorithm, options, state_key):
+def test_two_processes_match_one_process(tmp_path, algorithm, options, state_keys):
     single, double = tmp_path / "single", tmp_path / "double"
     args = [*ARGS, "--algorithm", algorithm, *options]
     subprocess.run(
@@ -76,9 +79,11 @@ def test_two_processes_match_one_process(tmp_path, algorithm, options, state_key
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), key
-    if state_key is not None:
-        sa, sb = ckpt.load_checkpoint(single)["algorithm"], ckpt.load_checkpoint(double)["algorithm"]
-        assert torch.allclose(sa[state_key].float(), sb[state_key].float(), atol=1e-5)
-        assert (sa[state_key] != sa[state_key].flatten()[0]).any()  # the state was actually updated
+    sa, sb = ckpt.load_checkpoint(single)["algorithm"], ckpt.load_checkpoint(double)["algorithm"]
+    for key in state_keys:
+        assert torch.allclose(sa[key].float(), sb[key].float(), atol=1e-5), key
+    if state_keys:
+        key = state_keys[0]
+        assert (sa[key] != sa[key].flatten()[0]).any()  # the state was actually updated
     summary = (double / "summary.json").read_text()
     assert '"world_size": 2' in summary

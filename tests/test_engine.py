@@ -18,6 +18,7 @@ from fewlabels.engine import trainer
 from fewlabels.engine.budget import BudgetPlanner
 from fewlabels.engine.ema import ModelEMA
 from fewlabels.engine.schedule import lr_factor, parameter_groups
+from fewlabels.engine.trainer import optimizer_step
 from fewlabels.errors import ConfigError, TrainingDiverged
 
 TINY = {
@@ -201,8 +202,10 @@ def test_budget_fixes_the_step_count(tmp_path):
 
 def test_budget_plan_by_hand():
     planner = BudgetPlanner(seconds=100.0, eval_every=10)
-    for step in range(1, 20):
-        planner.add_step_time(step, 0.1 if step > 3 else 5.0)  # the first steps (warm-up) are ignored
+    # The first steps this planner sees (warm-up, also right after a resume) are ignored, whatever the global step.
+    for seen in range(1, BudgetPlanner.calibration_steps + 1):
+        assert not planner.calibrated
+        planner.add_step_time(0.1 if seen > BudgetPlanner.warmup_steps else 5.0)
     assert planner.calibrated
     # 100 s - 10 s elapsed - 1 s final evaluation = 89 s left; 0.1 s per step + 1 s / 10 steps of evaluation.
     assert planner.plan(step=19, elapsed=10.0, eval_seconds=1.0) == 19 + int(0.97 * 89 / 0.2)
@@ -298,3 +301,21 @@ def test_binary_roc_auc_scores_class_one():
     noisy = torch.stack([torch.zeros(6), torch.tensor([0.3, -1.0, 1.5, -0.2, 2.0, 0.7])], dim=1)
     assert binary_roc_auc(noisy, y) == pytest.approx(5 / 9)  # 5 of the 9 (class 1, class 0) pairs ranked right
     assert binary_roc_auc(logits, torch.ones(6, dtype=torch.long)) is None
+
+
+def test_optimizer_step_reports_a_step_the_fp16_scaler_skipped():
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=16.0)
+    before = model.weight.detach().clone()
+    overflow = model(torch.tensor([[float("inf"), 1.0]])).sum()  # inf gradients: the scaler must skip
+    assert optimizer_step(overflow, opt, model, scaler, grad_clip=1.0) is False
+    assert torch.equal(model.weight, before) and scaler.get_scale() == 8.0
+    assert optimizer_step(model(torch.ones(1, 2)).sum(), opt, model, scaler) is True
+    assert not torch.equal(model.weight, before)
+    # Without a scaler every step is applied; clipping bounds the update to lr * grad_clip.
+    before = nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+    assert optimizer_step(model(torch.full((1, 2), 100.0)).sum(), opt, model, None, grad_clip=1.0) is True
+    step = nn.utils.parameters_to_vector(model.parameters()).detach() - before
+    assert step.norm().item() == pytest.approx(0.1, rel=1e-4)  # the gradient norm (141) was clipped to 1

@@ -49,7 +49,7 @@ class FixMatch(Algorithm):
         """Per-sample weight in [0, 1] of each pseudo-label."""
         return self.mask_fn(probs, index, ctx.all_gather)
 
-    def extra_loss(self, logits_strong: Tensor, weight: Tensor) -> dict[str, tuple[Tensor, float]]:
+    def extra_loss(self, logits_strong: Tensor, weight: Tensor, ctx: StepContext) -> dict[str, tuple[Tensor, float]]:
         """Additional weighted loss terms (none for FixMatch)."""
         return {}
 
@@ -69,7 +69,7 @@ class FixMatch(Algorithm):
         loss_u = masked_cross_entropy(logits_s, pseudo, weight)
         loss = loss_l + self.lambda_u * loss_u
         logs = {"loss_l": loss_l.detach(), "loss_u": loss_u.detach(), "mask": weight.mean()}
-        for name, (term, coef) in self.extra_loss(logits_s, weight).items():
+        for name, (term, coef) in self.extra_loss(logits_s, weight, ctx).items():
             loss = loss + coef * term
             logs[name] = term.detach()
         return StepOutput(loss=loss, logs=logs, pseudo=(pseudo, weight))

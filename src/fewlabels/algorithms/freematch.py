@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fewlabels.algorithms.base import ALGORITHMS
+from fewlabels.algorithms.base import ALGORITHMS, StepContext
 from fewlabels.algorithms.fixmatch import FixMatch
 from fewlabels.algorithms.thresholds import SelfAdaptiveThreshold
 
@@ -48,6 +48,9 @@ class FreeMatch(FixMatch):
         self.lambda_fair = lambda_fair
         self.mask_fn = SelfAdaptiveThreshold(num_classes, momentum)
 
-    def extra_loss(self, logits_strong: Tensor, weight: Tensor) -> dict[str, tuple[Tensor, float]]:
-        term = fairness_loss(logits_strong, weight, self.mask_fn.class_probs, self.mask_fn.label_hist)
+    def extra_loss(self, logits_strong: Tensor, weight: Tensor, ctx: StepContext) -> dict[str, tuple[Tensor, float]]:
+        # The term is a function of batch means, so under DDP it is computed over the global batch (gathered with
+        # gradients, as SimCLR's negatives are): 2 ranks then take the step one process takes on both halves.
+        logits_all, weight_all = ctx.all_gather_grad(logits_strong), ctx.all_gather(weight)
+        term = fairness_loss(logits_all, weight_all, self.mask_fn.class_probs, self.mask_fn.label_hist)
         return {"loss_fair": (term, self.lambda_fair)}

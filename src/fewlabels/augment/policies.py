@@ -100,8 +100,10 @@ def weak(x: Tensor, generator: torch.Generator | None = None, hflip: bool = True
 # --- RandAugment -----------------------------------------------------------------------------------------
 
 
-# FixMatch's pool maps level v in 1..10 to v * max_v / 10 (+ bias). With `bins` levels we use
-# v * max_v / bins: the same for the default 10 bins, and the pool's maximum stays at the top level otherwise.
+# FixMatch's pool maps level v to v * max_v / 10 (+ bias). With `bins` levels we use v * max_v / bins: the same
+# for the default 10 bins, and the pool's maximum stays at the top level otherwise. We draw v in 1..bins, so the
+# top of each range in the FixMatch paper's table is reachable (e.g. Solarize at threshold 0 inverts the image);
+# kekmodel/FixMatch-pytorch draws `randint(1, 10)`, i.e. 1..9, and never reaches it.
 
 
 def _float_param(level: Tensor, bins: int, max_v: float, bias: float = 0.0) -> Tensor:

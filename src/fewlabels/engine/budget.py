@@ -14,23 +14,26 @@ class BudgetPlanner:
     length. Time spent loading data before the first step is not counted.
     """
 
-    calibration_steps = 12  # the first 3 are not timed: allocator and cache warm-up
+    calibration_steps = 12  # of this process, the first `warmup_steps` untimed
+    warmup_steps = 3  # allocator and cache warm-up (and torch.compile), also right after a resume
     margin = 0.97  # of the remaining time, for logging and checkpoint writes
 
     def __init__(self, seconds: float, eval_every: int) -> None:
         self.seconds = seconds
         self.eval_every = eval_every
         self.step_times: list[float] = []
+        self.seen = 0
 
-    def add_step_time(self, step: int, seconds: float) -> None:
-        """Record one step's duration (steps before the fourth are ignored)."""
-        if step > 3:
+    def add_step_time(self, seconds: float) -> None:
+        """Record one step's duration; the first `warmup_steps` this planner sees are ignored."""
+        self.seen += 1
+        if self.seen > self.warmup_steps:
             self.step_times.append(seconds)
 
     @property
     def calibrated(self) -> bool:
         """True once enough steps were timed for a first plan."""
-        return len(self.step_times) >= self.calibration_steps - 3
+        return len(self.step_times) >= self.calibration_steps - self.warmup_steps
 
     def plan(self, step: int, elapsed: float, eval_seconds: float) -> int:
         """Total steps such that training, periodic evaluations and the final one fit in the budget."""

@@ -98,6 +98,35 @@ def _next_batch(ctx: Context) -> Batch:
     return Batch(labeled=labeled, unlabeled=unlabeled)
 
 
+def optimizer_step(
+    loss: Tensor,
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+    scaler: torch.amp.GradScaler | None = None,
+    grad_clip: float | None = None,
+) -> bool:
+    """Backward, optional clipping (of the unscaled gradients) and the optimizer step.
+
+    Returns False when the fp16 gradient scaler found inf/NaN gradients and skipped the step (it then lowers its
+    scale), so the caller can leave the EMA alone too.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        return True
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() >= scale  # update() lowers the scale exactly when the step was skipped
+
+
 def _train_step(ctx: Context, step: int, total: int) -> tuple[dict[str, float], Any, Tensor | None]:
     """One optimizer step; returns the scalar logs, the pseudo-labels and the unlabeled pool positions."""
     tick = time.perf_counter()
@@ -123,20 +152,8 @@ def _train_step(ctx: Context, step: int, total: int) -> tuple[dict[str, float], 
     finite = all_ranks_agree(bool(torch.isfinite(out.loss.detach()).item()), ctx.info, ctx.device)
     if not finite:  # every rank stops together, none waits in a gradient all-reduce
         return {"loss": float("nan")}, None, None
-    ctx.optimizer.zero_grad(set_to_none=True)
-    if ctx.scaler is not None:
-        ctx.scaler.scale(out.loss).backward()
-        ctx.scaler.unscale_(ctx.optimizer)
-    else:
-        out.loss.backward()
-    if ctx.cfg.optim.grad_clip:
-        nn.utils.clip_grad_norm_(ctx.raw_model.parameters(), ctx.cfg.optim.grad_clip)
-    if ctx.scaler is not None:
-        ctx.scaler.step(ctx.optimizer)
-        ctx.scaler.update()
-    else:
-        ctx.optimizer.step()
-    ctx.ema.update(ctx.raw_model)
+    if optimizer_step(out.loss, ctx.optimizer, ctx.raw_model, ctx.scaler, ctx.cfg.optim.grad_clip):
+        ctx.ema.update(ctx.raw_model)  # a step the fp16 scaler skipped leaves the weights, and the EMA, unchanged
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
     logs = {k: float(v) for k, v in out.logs.items()}
@@ -231,7 +248,7 @@ def _loop(ctx: Context, resume: bool) -> Run:
             monitor.add(index, pseudo[0], pseudo[1])
         logger.add(logs)
         if planner is not None:
-            planner.add_step_time(step, logs["step_time"])
+            planner.add_step_time(logs["step_time"])
             replan = total is None and planner.calibrated or step % t.log_every == 0
             if replan and planner.calibrated:
                 if total is None:
