@@ -298,6 +298,34 @@ def test_vat_loss_by_hand_and_gradient_flow():
     assert model.scale.grad is not None
 
 
+def test_vat_target_is_float32_under_autocast(monkeypatch):
+    import fewlabels.algorithms.vat as vat_module
+
+    seen = {}
+    real = vat_module.adversarial_perturbation
+
+    def spy(model, x, target, *args, **kwargs):
+        seen["target"] = target
+        return real(model, x, target, *args, **kwargs)
+
+    monkeypatch.setattr(vat_module, "adversarial_perturbation", spy)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 3))
+    u = torch.randn(8, 6)
+    b = Batch(
+        labeled=BatchPart({"weak": torch.randn(2, 6)}, y=torch.tensor([0, 1])),
+        unlabeled=BatchPart({"weak": u}, index=torch.arange(8)),
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        create_algorithm("vat", 3, 8).step(model, b, StepContext(step=50, total_steps=100, num_classes=3))
+        bf16 = model(u).float().softmax(-1)
+    with torch.no_grad():
+        fp32 = model(u).softmax(-1)
+    assert seen["target"].dtype == torch.float32
+    assert torch.allclose(seen["target"], fp32, atol=1e-6)  # the power iteration's passes are float32 too
+    assert not torch.allclose(bf16, fp32, atol=1e-6)  # a bf16 target would differ from them
+
+
 def test_vat_adversarial_passes_leave_batchnorm_statistics_alone():
     model = nn.Sequential(nn.BatchNorm1d(2), nn.Linear(2, 2))
     create_algorithm("vat", 2, 3).step(model, batch({"weak": U1}), ctx())
@@ -443,6 +471,19 @@ def test_uda_tsa_drops_confident_labeled_examples():
     assert late.logs["tsa_kept"].item() == 1.0 and late.loss.item() == pytest.approx(LOSS_L, rel=1e-5)
     early = algo.step(Echo(), batch({"none": U1, "strong": U2}), ctx(step=0))
     assert early.logs["tsa_kept"].item() == 0.0 and early.loss.item() == 0.0  # eta = 1/K: nothing trained yet
+
+
+def test_uda_tsa_normalises_by_the_kept_count_of_the_global_batch():
+    # Simulated second DDP rank that kept both of its labeled examples: 3 kept in all, 1 of them here. With DDP's
+    # averaging over 2 ranks this rank's loss must be 2 * (its kept CE sum) / 3, so the mean is sum / 3 overall.
+    other_rank = torch.ones(2)
+    two_ranks = StepContext(
+        step=50, total_steps=100, num_classes=2, all_gather=lambda t: torch.cat([t, other_rank.to(t)])
+    )
+    algo = create_algorithm("uda", 2, 3, tsa="linear", threshold=1.0)
+    out = algo.step(Echo(), batch({"none": U1, "strong": U2}), two_ranks)
+    assert out.logs["tsa_kept"].item() == 0.5  # here: example 1 kept, as in the one-process test above
+    assert out.loss.item() == pytest.approx(2 * ce(X_L[1], 1) / 3, rel=1e-5)
 
 
 def test_uda_rejects_unknown_tsa_schedule():

@@ -49,6 +49,8 @@ ARGS = [
         ("freematch", ["--set", "algorithm.momentum=0.5"], ["class_probs", "label_hist", "global_threshold"]),
         ("softmatch", ["--set", "algorithm.momentum=0.5"], ["class_probs", "mean", "var"]),
         ("temporal_ensembling", [], ["ensemble"]),
+        # UDA's TSA-kept labeled loss is normalised by the kept count of the global batch.
+        ("uda", ["--set", "algorithm.tsa=linear"], []),
         ("mean_teacher", [], []),
         # SimCLR's negatives are gathered from both ranks (differentiably): the global batch, as in one process.
         ("simclr", [], []),

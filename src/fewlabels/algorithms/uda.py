@@ -59,7 +59,10 @@ class UDA(Algorithm):
         eta = tsa_threshold(self.tsa, ctx.progress, ctx.num_classes)
         p_true = logits_l.detach().float().softmax(-1).gather(1, y[:, None]).squeeze(1)
         keep = (p_true <= eta).float()
-        loss_l = (ce * keep).sum() / keep.sum().clamp_min(1.0)
+        # Normalised by the kept count of the global batch: under DDP (whose gradient averaging divides by the
+        # world size) two ranks then optimise what one process does, even when they keep different counts.
+        kept_all = ctx.all_gather(keep)
+        loss_l = (ce * keep).sum() * (kept_all.numel() / keep.numel()) / kept_all.sum().clamp_min(1.0)
         loss_u = (kl_divergence(target, logits_s) * mask).mean()
         return StepOutput(
             loss=loss_l + self.lambda_u * loss_u,

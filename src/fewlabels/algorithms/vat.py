@@ -48,9 +48,9 @@ class VAT(Algorithm):
 
     `eps` is the L2 norm of the perturbation on the model's input scale ([0, 1] pixels); by default
     2.0 * sqrt(D / 784) (VAT's MNIST setting, 2.0 for 28x28 inputs, scaled to the input size D). The clean target
-    comes from a no-grad pass; the adversarial passes keep BatchNorm running statistics frozen, and the
-    perturbed input then goes through the one training forward with the labeled batch. w(t) ramps up linearly over
-    the first `warmup` fraction. Entropy minimisation (VAT+EntMin) is on when `entmin_weight` > 0.
+    comes from a no-grad float32 pass, as do the power iteration's passes, which keep BatchNorm running statistics
+    frozen; the perturbed input then goes through the one training forward with the labeled batch. w(t) ramps up
+    linearly over the first `warmup` fraction. Entropy minimisation (VAT+EntMin) is on when `entmin_weight` > 0.
     """
 
     views = Views(labeled=("weak",), unlabeled=("weak",))
@@ -82,8 +82,10 @@ class VAT(Algorithm):
     def step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         assert batch.unlabeled is not None
         x_l, u = batch.labeled["weak"], batch.unlabeled["weak"]
-        with torch.no_grad():
-            target = model(u).float().softmax(-1)
+        # The target is taken in float32 like the power iteration's passes; a bf16 target would differ from them and
+        # give KL a gradient at r = 0 that has nothing to do with the model's sensitivity.
+        with torch.no_grad(), torch.autocast(u.device.type, enabled=False):
+            target = model(u.float()).float().softmax(-1)
         r_adv = adversarial_perturbation(unwrap(model), u, target, self.radius(u), self.xi, self.iterations)
         u_adv = u + r_adv
         use_entmin = self.entmin_weight > 0
