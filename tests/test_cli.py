@@ -73,6 +73,23 @@ def test_train_evaluate_predict_on_user_npz(tmp_path, capsys):
     assert len(rows) == 121 and all(r[1] in {"a", "b", "c"} and 0 < float(r[2]) <= 1 for r in rows[1:])
 
 
+def test_resume_and_evaluate_refuse_changed_data(tmp_path, capsys):
+    data = blobs_npz(tmp_path / "blobs.npz")
+    out_dir = tmp_path / "run"
+    args = ["train", "--dataset", str(data), "--algorithm", "fixmatch", "--out", str(out_dir), *FAST]
+    assert run_cli(capsys, *args)[0] == 0
+    split = json.loads((out_dir / "split.json").read_text())
+    assert split["data"]["rows"] == 120 and split["data"]["classes"] == ["a", "b", "c"]
+    assert run_cli(capsys, *args, "--resume")[0] == 0  # the same data: resuming a finished run is fine
+    blobs_npz(data, seed=1)  # same shape and classes, other rows: the saved indices would mean other examples
+    code, _, err = run_cli(capsys, *args, "--resume")
+    assert code != 0 and "not the data this run's split was drawn from" in err and "labels" in err
+    x = np.load(data)
+    np.savez(data, **{k: x[k] for k in x.files if k != "classes"}, classes=np.array(["a", "b", "z"]))
+    code, _, err = run_cli(capsys, "evaluate", str(out_dir))
+    assert code != 0 and "['a', 'b', 'c']" in err and "wrong labels" in err
+
+
 def test_predict_images_writes_csv_file(tmp_path, capsys):
     out_dir = tmp_path / "run"
     code, _, err = run_cli(
@@ -128,6 +145,33 @@ def test_yaml_defaults_and_flag_overrides(tmp_path, capsys):
     saved = (out_dir / "config.yaml").read_text()
     assert "threshold: 0.7" in saved and "lambda_u: 2" in saved and "steps: 6" in saved
     assert json.loads((out_dir / "summary.json").read_text())["num_labels"] == 30
+
+
+def test_steps_or_budget_flag_wins_over_the_other_in_the_config(tmp_path):
+    from fewlabels.cli import build_parser, train_overrides
+    from fewlabels.config import resolve_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text("train: {budget: 15m}\nalgorithm: {name: fixmatch, threshold: 1e-1}\n")
+    parse = build_parser().parse_args
+    cfg = resolve_config(config, **train_overrides(parse(["train", "--config", str(config), "--steps", "50"])))
+    assert cfg.train.steps == 50 and cfg.train.budget is None
+    assert cfg.algorithm.options["threshold"] == 0.1  # YAML 1.2 floats: 1e-1 is a number
+    config.write_text("train: {steps: 300}\n")
+    cfg = resolve_config(config, **train_overrides(parse(["train", "--config", str(config), "--budget", "2m"])))
+    assert cfg.train.budget == "2m" and cfg.train.steps is None
+
+
+def test_malformed_yaml_and_negative_seed_are_one_line_errors(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  dataset: digits\n bad: [\n")
+    code, _, err = run_cli(capsys, "train", "--config", str(config), "--out", str(tmp_path / "r"))
+    assert code != 0 and "is not valid YAML at line" in err and "Traceback" not in err
+    code, _, err = run_cli(capsys, "train", "--set", "train.steps=[4", "--out", str(tmp_path / "r"))
+    assert code != 0 and "--set 'train.steps=[4'" in err
+    code, _, err = run_cli(capsys, "train", "--seed", "-1", "--out", str(tmp_path / "r"))
+    assert code != 0 and "train.seed must be an integer in [0, 2**32)" in err
+    assert not (tmp_path / "r" / "config.yaml").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ from fewlabels.data import (
     load_dataset,
     make_split,
 )
+from fewlabels.data.formats import image_files_under, manifest_paths
 from fewlabels.data.sources import DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES, read_idx
 from fewlabels.errors import ConfigError, DataError
 
@@ -404,12 +405,36 @@ def test_csv_without_split_column_and_missing_file_skipped(tmp_path: Path) -> No
     write_image(tmp_path / "b.png", 7, mode="L")
     csv = tmp_path / "m.csv"
     csv.write_text("path,label\na.png,cat\nb.png,\ngone.png,cat\n")
-    with pytest.warns(UserWarning, match="skipped 1"):
+    with pytest.warns(UserWarning, match="skipped 1 listed file.* do not exist: .*gone.png; fix the paths"):
         b = load_dataset(str(csv))
     assert b.classes == ["cat"] and b.y_train.tolist() == [0, -1] and b.x_train.shape == (2, 1, 5, 6)
     assert b.skipped_files == [str(tmp_path / "gone.png")]
     with pytest.raises(DataError, match="gone.png"):
         load_dataset(str(csv), strict=True)
+
+
+def test_csv_written_on_windows_finds_its_files(tmp_path: Path) -> None:
+    write_image(tmp_path / "imgs" / "cat" / "0.png", 5, mode="L")
+    write_image(tmp_path / "imgs" / "u" / "1.png", 7, mode="L")
+    csv = tmp_path / "m.csv"
+    csv.write_text("path,label\r\nimgs\\cat\\0.png,cat\r\nimgs\\u\\1.png,\r\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing skipped
+        b = load_dataset(str(csv))
+    assert b.y_train.tolist() == [0, -1] and b.skipped_files == []
+    assert manifest_paths(csv) == [tmp_path / "imgs" / "cat" / "0.png", tmp_path / "imgs" / "u" / "1.png"]
+
+
+def test_image_folder_follows_symlinked_folders_once(tmp_path: Path) -> None:
+    root = _folder(tmp_path)
+    pool = tmp_path / "pool"
+    for i in range(3):
+        write_image(pool / f"p{i}.png", (0, 255, 0))
+    (root / "unlabeled" / "more").symlink_to(pool, target_is_directory=True)
+    (pool / "loop").symlink_to(pool, target_is_directory=True)  # a link loop is read once, not forever
+    b = load_dataset(str(root))
+    assert (b.y_train == -1).sum().item() == 4 + 3 and b.skipped_files == []
+    assert len(image_files_under(root / "unlabeled")) == 7
 
 
 def test_csv_val_label_outside_classes_names_row(tmp_path: Path) -> None:
@@ -695,6 +720,34 @@ def test_checksum_json_round_trip_and_tamper_detection(tmp_path: Path) -> None:
         Split.load(path)
 
 
+def test_split_remembers_the_data_it_was_drawn_from(tmp_path: Path) -> None:
+    b = _bundle([20, 20], unlabeled=10)
+    s = make_split(b, labels_per_class=3, seed=1)
+    path = tmp_path / "split.json"
+    s.save(path)
+    back = Split.load(path)
+    assert back.data == s.data and back.data["rows"] == 50 and back.data["classes"] == ["c0", "c1"]
+    back.check_fits(b)
+    y = b.y_train.clone()
+    y[[0, 1]] = y[[1, 0]] if y[0] != y[1] else torch.tensor([1 - y[0], y[1]])
+    changes = {
+        "labels": dataclasses.replace(b, y_train=y),
+        "classes": dataclasses.replace(b, classes=["c0", "renamed"]),
+        "images or features": dataclasses.replace(b, x_train=b.x_train + 1),
+        "training rows then": _bundle([20, 20], unlabeled=11),
+    }
+    for needle, other in changes.items():
+        with pytest.raises(DataError, match=f"not the data this run's split was drawn from.*{needle}"):
+            back.check_fits(other)
+    d = json.loads(path.read_text())
+    d["data"]["rows"] = 51  # the fingerprint is under the checksum
+    with pytest.raises(DataError, match="checksum"):
+        Split.from_json(d)
+    legacy = {k: v for k, v in s.to_json().items() if k not in ("data", "checksum")}
+    legacy["checksum"] = Split(**{k: legacy[k] for k in ("labeled", "unlabeled", "val", "seed")}).checksum()
+    assert Split.from_json(legacy).data is None  # a split saved before fingerprints still loads
+
+
 def test_checksum_depends_on_which_array_holds_an_index() -> None:
     a = Split(labeled=[1, 2], unlabeled=[3], val=[], seed=0)
     b = Split(labeled=[1], unlabeled=[2, 3], val=[], seed=0)
@@ -709,8 +762,11 @@ def test_split_is_frozen_and_checks_fit() -> None:
     with pytest.raises(ValueError):
         s.labeled[0] = 0
     s.check_fits(b)
-    with pytest.raises(DataError, match="other data"):
+    with pytest.raises(DataError, match="not the data this run's split was drawn from"):
         s.check_fits(_bundle([3, 3]))
+    legacy = Split(labeled=s.labeled, unlabeled=s.unlabeled, val=s.val, seed=s.seed)  # saved without a fingerprint
+    with pytest.raises(DataError, match="other data"):
+        legacy.check_fits(_bundle([3, 3]))
     with pytest.raises(DataError, match="overlap"):
         Split(labeled=[1], unlabeled=[2], val=[2], seed=0)
 
@@ -775,3 +831,13 @@ def test_npz_that_is_not_an_archive(tmp_path: Path) -> None:
 def test_split_rejects_repeated_indices() -> None:
     with pytest.raises(DataError, match="repeated"):
         Split(labeled=[1, 1], unlabeled=[2], val=[], seed=0)
+
+
+def test_keep_classes_reads_numbers_as_names_first() -> None:
+    b = dataclasses.replace(_bundle([5, 5, 5]), classes=["1", "2", "10"])  # folder names that look like numbers
+    kept = b.keep_classes([1, 10])  # as YAML reads `classes: [1, 10]`
+    assert kept.classes == ["1", "10"] and sorted(set(kept.y_train.tolist())) == [0, 1]
+    assert kept.keep_classes(["10", "1"]).classes == ["10", "1"]
+    assert _bundle([5, 5, 5]).keep_classes([2, 0]).classes == ["c2", "c0"]  # no such names: indices
+    with pytest.raises(ConfigError, match="outside 0..2"):
+        _bundle([5, 5, 5]).keep_classes([0, 3])

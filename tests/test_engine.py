@@ -19,7 +19,7 @@ from fewlabels.engine.budget import BudgetPlanner
 from fewlabels.engine.ema import ModelEMA
 from fewlabels.engine.schedule import lr_factor, parameter_groups
 from fewlabels.engine.trainer import optimizer_step
-from fewlabels.errors import ConfigError, TrainingDiverged
+from fewlabels.errors import CheckpointError, ConfigError, TrainingDiverged
 
 TINY = {
     "data.dataset": "digits",
@@ -319,3 +319,23 @@ def test_optimizer_step_reports_a_step_the_fp16_scaler_skipped():
     assert optimizer_step(model(torch.full((1, 2), 100.0)).sum(), opt, model, None, grad_clip=1.0) is True
     step = nn.utils.parameters_to_vector(model.parameters()).detach() - before
     assert step.norm().item() == pytest.approx(0.1, rel=1e-4)  # the gradient norm (141) was clipped to 1
+
+
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
+    ckpt.save_checkpoint(tmp_path, {"step": 2, "w": torch.ones(3)})
+    tensors = next(tmp_path.glob("checkpoint-*.safetensors"))
+    tensors.write_bytes(tensors.read_bytes()[:20])  # cut short
+    with pytest.raises(CheckpointError, match="cannot read .*checkpoint-2.safetensors.*new --out"):
+        ckpt.load_checkpoint(tmp_path)
+    (tmp_path / ckpt.META).write_text('{"tensors": "checkpoint-2.safe')  # cut short
+    with pytest.raises(CheckpointError, match="checkpoint.json is unreadable.*new --out"):
+        ckpt.load_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError):
+        ckpt.has_checkpoint(tmp_path)
+
+
+def test_trim_metrics_drops_later_rows_and_a_line_cut_short(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 5, "loss": 1.0}\n{"step": 10, "loss": 0.5}\n{"step": 15, "lo')
+    trainer._trim_metrics(path, 10)
+    assert path.read_text() == '{"step": 5, "loss": 1.0}\n{"step": 10, "loss": 0.5}\n'

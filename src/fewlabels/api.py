@@ -46,6 +46,11 @@ def evaluate(run: str | Path | Run, which: str = "model") -> dict[str, Any]:
             "hold: score it with clf.score(X, y), or predict with `fewlabels predict RUN data.npz`"
         )
     bundle = load_data(d)
+    if list(bundle.classes) != list(run.classes):
+        raise DataError(
+            f"{run.path} was trained on the classes {run.classes}, but {d.dataset} now has {bundle.classes}: "
+            "scores would compare against the wrong labels; restore the data or retrain"
+        )
     model = run.load_model(which)
     result: dict[str, Any] = {"run": str(run.path), "model": which}
     if bundle.x_test is not None and bundle.y_test is not None:

@@ -266,8 +266,12 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
             overrides[key] = True
     if args.no_progress:
         overrides["train.progress"] = False
+    # The flag given wins over the other one's value in --config: --steps clears a YAML budget, --budget a YAML
+    # step count (both flags at once: the budget, as in the config).
     if "train.budget" in overrides:
         overrides.setdefault("train.steps", None)
+    elif "train.steps" in overrides:
+        overrides["train.budget"] = None
     for text in args.assignments:
         key, value = parse_assignment(text)
         overrides[key] = value

@@ -153,6 +153,7 @@ class TrainConfig:
         ):
             _check(getattr(self, name) >= 1, f"train.{name} must be at least 1, got {getattr(self, name)}")
         _check(self.steps is None or self.steps >= 1, f"train.steps must be at least 1, got {self.steps}")
+        _check(0 <= self.seed < 2**32, f"train.seed must be an integer in [0, 2**32), got {self.seed}")
         _check(0.0 <= self.ema < 1.0, f"train.ema must be in [0, 1), got {self.ema}; 0.999 is the usual value")
 
 
@@ -308,12 +309,34 @@ def _convert(value: Any, typ: str, where: str) -> Any:
         raise ConfigError(f"{where} must be a {typ}, got {value!r}") from None
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading floats as YAML 1.2 does: `1e-3` and `5e-1` are numbers, not strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """Parse YAML text with the safe loader; a syntax error becomes a ConfigError naming `where` and the line."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where} is not valid YAML{at}: {problem}: fix the YAML there") from None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file (safe loader) into a nested dict."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist: check the path given to --config")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = parse_yaml(path.read_text(), f"config file {str(path)!r}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections (data:, train:, ...)")
     return data
@@ -324,7 +347,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set expects section.key=value, got {text!r}: e.g. --set algorithm.threshold=0.9")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    return key.strip(), parse_yaml(raw, f"the value of --set {text!r}") if raw.strip() else None
 
 
 def resolve_config(config: Config | Mapping[str, Any] | str | Path | None = None, **dotted: Any) -> Config:

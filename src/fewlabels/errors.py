@@ -17,3 +17,7 @@ class DataError(FewLabelsError, ValueError):
 
 class TrainingDiverged(FewLabelsError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class CheckpointError(FewLabelsError, RuntimeError):
+    """A run folder's checkpoint cannot be read (truncated, edited or from another program)."""

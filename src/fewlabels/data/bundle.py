@@ -77,12 +77,14 @@ class DataBundle:
 
         chosen: list[int] = []
         for c in classes:
-            if isinstance(c, int) or (isinstance(c, str) and c.isdigit() and c not in self.classes):
+            # A name first, whether YAML read it as a number or not (classes '1', '2', '10' from folders); an index
+            # only when no class has that name.
+            if str(c) in self.classes:
+                index = self.classes.index(str(c))
+            elif isinstance(c, int) or (isinstance(c, str) and c.isdigit()):
                 index = int(c)
                 if not 0 <= index < self.num_classes:
                     raise ConfigError(f"class index {index} is outside 0..{self.num_classes - 1} of {self.name}")
-            elif c in self.classes:
-                index = self.classes.index(c)
             else:
                 import difflib
 

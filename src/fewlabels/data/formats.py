@@ -8,12 +8,13 @@ others are the labeled candidates. Images are decoded into one uint8 tensor, so 
 from __future__ import annotations
 
 import csv
+import os
 import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 import torch
@@ -49,6 +50,8 @@ class ImageReader:
     strict: bool
     image_size: int | None
     skipped: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    """Listed files (manifest rows) that do not exist, reported apart from the unreadable ones."""
 
     def read(self, path: Path) -> np.ndarray | None:
         """HxW (grayscale) or HxWx3 uint8 array, or None when the file cannot be decoded (and not strict)."""
@@ -83,15 +86,24 @@ class ImageReader:
         return np.asarray(im, dtype=np.uint8).copy()
 
     def warn_skipped(self) -> None:
-        """One warning summarising the skipped files."""
-        if not self.skipped:
-            return
-        shown = ", ".join(self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
-        warnings.warn(
-            f"skipped {len(self.skipped)} unreadable image file(s): {shown}; fix or remove them, "
-            "or use --strict to stop on the first one",
-            stacklevel=3,
-        )
+        """One warning summarising the skipped files: the unreadable ones and the missing ones."""
+
+        def listing(files: list[str]) -> str:
+            return ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
+
+        parts = []
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} unreadable image file(s): {listing(self.skipped)}; fix or remove them")
+        if self.missing:
+            missing = listing(self.missing)
+            parts.append(f"{len(self.missing)} listed file(s) that do not exist: {missing}; fix the paths")
+        if parts:
+            warnings.warn(f"skipped {'; and '.join(parts)}; or use --strict to stop on the first one", stacklevel=3)
+
+    @property
+    def dropped(self) -> list[str]:
+        """Every file left out: unreadable, then missing."""
+        return self.skipped + self.missing
 
 
 def _stack_images(groups: dict[str, list[np.ndarray]], where: str, image_size: int | None) -> dict[str, torch.Tensor]:
@@ -120,12 +132,25 @@ def _stack_images(groups: dict[str, list[np.ndarray]], where: str, image_size: i
     return out
 
 
+def files_under(folder: Path) -> list[Path]:
+    """Files under `folder` at any depth, sorted by path, following symbolic links to folders (each real folder is
+    read once, so a link loop ends); hidden files and folders are left out."""
+    found, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(Path(root) / f for f in files if not f.startswith("."))
+    return sorted(p for p in found if p.is_file())
+
+
 def _image_files(folder: Path) -> tuple[list[Path], list[Path]]:
     """Image files under `folder` at any depth, sorted; plus the non-hidden files with other extensions."""
     images, others = [], []
-    for p in sorted(folder.rglob("*")):
-        if any(part.startswith(".") for part in p.relative_to(folder).parts) or not p.is_file():
-            continue
+    for p in files_under(folder):
         (images if p.suffix.lower() in IMAGE_EXTENSIONS else others).append(p)
     return images, others
 
@@ -273,8 +298,7 @@ def load_csv_manifest(path: str | Path, strict: bool = False, image_size: int | 
         label = (r.get("label") or "").strip()
         if split != "train" and not label:
             raise DataError(f"row {line} of {csv_path} is a {split} row without a label; {split} rows must be labeled")
-        p = Path(r["path"].strip()).expanduser()
-        entries.append((line, p if p.is_absolute() else base / p, label, split))
+        entries.append((line, manifest_file(r["path"].strip(), base), label, split))
 
     classes = sort_class_names(lab for _, _, lab, s in entries if s == "train" and lab)
     if not classes:
@@ -297,7 +321,7 @@ def load_csv_manifest(path: str | Path, strict: bool = False, image_size: int | 
                     f"row {line} of {csv_path}: image {file} does not exist; fix the path, "
                     "or run without --strict to skip missing files"
                 )
-            image_reader.skipped.append(str(file))
+            image_reader.missing.append(str(file))
             continue
         arr = image_reader.read(file)
         if arr is not None:
@@ -307,7 +331,7 @@ def load_csv_manifest(path: str | Path, strict: bool = False, image_size: int | 
     if not groups["train"]:
         raise DataError(f"no readable training image listed in {csv_path}")
     x = _stack_images({s: g for s, g in groups.items() if g}, str(csv_path), image_size)
-    return _bundle(csv_path.stem, x, labels, classes, image_reader.skipped)
+    return _bundle(csv_path.stem, x, labels, classes, image_reader.dropped)
 
 
 # ------------------------------------------------------------------------------------------------- .npz
@@ -498,14 +522,19 @@ def fit_image(arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def image_files_under(folder: Path) -> list[Path]:
-    """Image files under `folder` at any depth, sorted by path; hidden files and folders are left out."""
-    return [
-        p
-        for p in sorted(folder.rglob("*"))
-        if p.suffix.lower() in IMAGE_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        and p.is_file()
-    ]
+    """Image files under `folder` at any depth, sorted by path (see `files_under`)."""
+    return _image_files(folder)[0]
+
+
+def manifest_file(value: str, base: Path) -> Path:
+    """A manifest's `path` value as a file: `~` expanded, relative paths against the CSV's folder `base`, and
+    backslashes read as separators (a manifest written on Windows) when the path as written does not exist."""
+    p = Path(value).expanduser()
+    p = p if p.is_absolute() else base / p
+    if "\\" in value and os.sep != "\\" and not p.exists():
+        q = Path(PureWindowsPath(value).as_posix()).expanduser()
+        p = q if q.is_absolute() else base / q
+    return p
 
 
 def manifest_paths(path: Path, check_exists: bool = True) -> list[Path]:
@@ -523,8 +552,7 @@ def manifest_paths(path: Path, check_exists: bool = True) -> list[Path]:
                 value = (row.get("path") or "").strip()
                 if not value:
                     raise DataError(f"line {reader.line_num} of {path} has no path")
-                p = Path(value).expanduser()
-                p = p if p.is_absolute() else path.parent / p
+                p = manifest_file(value, path.parent)
                 if check_exists and not p.is_file():
                     raise DataError(f"line {reader.line_num} of {path}: image {p} does not exist")
                 files.append(p)

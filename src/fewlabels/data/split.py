@@ -10,10 +10,11 @@ import hashlib
 import json
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from fewlabels.data.bundle import DataBundle
 from fewlabels.errors import ConfigError, DataError
@@ -31,6 +32,20 @@ def _index_array(a: Any) -> np.ndarray:
     return arr
 
 
+def data_fingerprint(bundle: DataBundle) -> dict[str, Any]:
+    """What a split's indices refer to: the training row count, the classes, a digest of the labels (-1 for
+    unlabeled) and one of 64 evenly spaced input rows. Any change of these makes a saved split mean other rows."""
+    y = bundle.y_train.detach().cpu().numpy().astype("<i8")
+    rows = np.unique(np.linspace(0, max(len(y) - 1, 0), num=min(len(y), 64)).astype(np.int64))
+    x = bundle.x_train[torch.from_numpy(rows)].detach().cpu().contiguous().numpy()
+    return {
+        "rows": len(y),
+        "classes": list(bundle.classes),
+        "labels_sha256": hashlib.sha256(y.tobytes()).hexdigest(),
+        "inputs_sha256": hashlib.sha256(x.tobytes()).hexdigest(),
+    }
+
+
 @dataclass(frozen=True)
 class Split:
     """Index arrays into x_train: the labeled set, the unlabeled pool and the carved validation set."""
@@ -42,6 +57,8 @@ class Split:
     val: np.ndarray
     """Indices held out as labeled validation (empty when the bundle has an explicit val set)."""
     seed: int
+    data: dict[str, Any] | None = field(default=None, compare=False)
+    """`data_fingerprint` of the bundle the split was drawn from (None in splits saved before it existed)."""
 
     def __post_init__(self) -> None:
         for name in ("labeled", "unlabeled", "val"):
@@ -56,7 +73,7 @@ class Split:
                 raise DataError(f"invalid split: validation indices overlap the {name} set")
 
     def checksum(self) -> str:
-        """sha256 (hex) over the three index arrays and the seed."""
+        """sha256 (hex) over the three index arrays, the seed and the data fingerprint (when there is one)."""
         h = hashlib.sha256()
         h.update(f"fewlabels-split-v{SPLIT_FORMAT_VERSION};seed={self.seed};".encode())
         for name in ("labeled", "unlabeled", "val"):
@@ -64,6 +81,8 @@ class Split:
             # Lengths are hashed too, so moving an index from one array to the next changes the digest.
             h.update(f"{name}:{arr.size};".encode())
             h.update(arr.astype("<i8").tobytes())
+        if self.data is not None:
+            h.update(json.dumps(self.data, sort_keys=True).encode())
         return h.hexdigest()
 
     def to_json(self) -> dict[str, Any]:
@@ -74,6 +93,7 @@ class Split:
             "labeled": self.labeled.tolist(),
             "unlabeled": self.unlabeled.tolist(),
             "val": self.val.tolist(),
+            **({"data": self.data} if self.data is not None else {}),
             "checksum": self.checksum(),
         }
 
@@ -81,7 +101,9 @@ class Split:
     def from_json(cls, d: dict[str, Any]) -> Split:
         """Rebuild a Split from `to_json` output; raises DataError if the checksum does not match."""
         try:
-            split = cls(labeled=d["labeled"], unlabeled=d["unlabeled"], val=d["val"], seed=d["seed"])
+            split = cls(
+                labeled=d["labeled"], unlabeled=d["unlabeled"], val=d["val"], seed=d["seed"], data=d.get("data")
+            )
             expected = d["checksum"]
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"split file is malformed ({type(e).__name__}: {e}); delete it to draw a new split") from e
@@ -109,7 +131,21 @@ class Split:
         return cls.from_json(d)
 
     def check_fits(self, bundle: DataBundle) -> None:
-        """Raise DataError if this split cannot index `bundle` (a split saved for other data)."""
+        """Raise DataError if this split was drawn from other data than `bundle` (or cannot index it)."""
+        if self.data is not None:
+            now = data_fingerprint(bundle)
+            what = {
+                "rows": f"{self.data.get('rows')} training rows then, {now['rows']} now",
+                "classes": f"classes {self.data.get('classes')} then, {now['classes']} now",
+                "labels_sha256": "the labels (or the order of the files) changed",
+                "inputs_sha256": "the images or features changed",
+            }
+            changed = [what[k] for k in what if self.data.get(k) != now[k]]
+            if changed:
+                raise DataError(
+                    f"{bundle.name} is not the data this run's split was drawn from ({'; '.join(changed)}): restore "
+                    "the data, or train into a new --out folder"
+                )
         n = len(bundle.y_train)
         top = max((int(a.max()) for a in (self.labeled, self.unlabeled, self.val) if a.size), default=-1)
         if top >= n or min((int(a.min()) for a in (self.labeled, self.unlabeled, self.val) if a.size), default=0) < 0:
@@ -269,7 +305,7 @@ def make_split(
     pool = np.setdiff1d(np.arange(len(y)), val)
     if not unlabeled_includes_labeled:
         pool = np.setdiff1d(pool, labeled)
-    return Split(labeled=labeled, unlabeled=pool, val=val, seed=seed)
+    return Split(labeled=labeled, unlabeled=pool, val=val, seed=seed, data=data_fingerprint(bundle))
 
 
 def _spread(total: int, capacity: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from fewlabels.errors import CheckpointError
 from fewlabels.io import atomic_write_text
 
 TENSORS = "checkpoint.safetensors"
@@ -57,6 +59,8 @@ def save_checkpoint(folder: str | Path, state: dict[str, Any]) -> None:
     tmp = folder / f".{name}.tmp"
     # safetensors refuses tensors that share memory; clone those that do.
     save_file({k: v.clone() for k, v in tensors.items()}, str(tmp))
+    with open(tmp, "rb") as f:  # on disk before the JSON points at it, so a power cut cannot leave it half written
+        os.fsync(f.fileno())
     os.replace(tmp, folder / name)
     previous = _tensor_file(folder)
     atomic_write_text(folder / META, json.dumps({"tensors": name, "state": tree}))
@@ -64,11 +68,22 @@ def save_checkpoint(folder: str | Path, state: dict[str, Any]) -> None:
         (folder / previous).unlink(missing_ok=True)
 
 
+def _read_meta(folder: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((folder / META).read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("tensors"), str) or "state" not in meta:
+            raise ValueError("not a fewlabels checkpoint")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(
+            f"{folder / META} is unreadable ({type(e).__name__}: {e}); restore it, or train into a new --out folder"
+        ) from e
+    return meta
+
+
 def _tensor_file(folder: Path) -> str | None:
-    meta = folder / META
-    if not meta.exists():
+    if not (folder / META).exists():
         return None
-    return json.loads(meta.read_text())["tensors"]
+    return _read_meta(folder)["tensors"]
 
 
 def has_checkpoint(folder: str | Path) -> bool:
@@ -80,6 +95,11 @@ def has_checkpoint(folder: str | Path) -> bool:
 def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Read what `save_checkpoint` wrote."""
     folder = Path(folder)
-    meta = json.loads((folder / META).read_text())
-    tensors = load_file(str(folder / meta["tensors"]), device=str(device))
+    meta = _read_meta(folder)
+    try:
+        tensors = load_file(str(folder / meta["tensors"]), device=str(device))
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(
+            f"cannot read {folder / meta['tensors']} ({e}); restore it, or train into a new --out folder"
+        ) from e
     return unflatten(meta["state"], tensors)

@@ -240,8 +240,8 @@ def _loop(ctx: Context, resume: bool) -> Run:
                 else "no checkpoint was written yet"
             )
             raise TrainingDiverged(
-                f"the loss became {logs['loss']} at step {step}; {kept}: lower --lr, "
-                "set --set optim.grad_clip=1.0, or check the data for NaNs"
+                f"the loss became {logs['loss']} at step {step}; {kept}: check the data for NaNs, or train again "
+                "into a new --out with a lower --lr or --set optim.grad_clip=1.0 (--resume keeps the config)"
             )
         step += 1
         if pseudo is not None and index is not None:
@@ -295,7 +295,14 @@ def _trim_metrics(path: Path, step: int) -> None:
     """Drop rows written after the checkpoint a resumed run restarts from."""
     if not path.exists():
         return
-    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut short when the run was killed mid-write
+            continue
+        if isinstance(row, dict) and row.get("step", math.inf) <= step:
+            rows.append(line)
     atomic_write_text(path, "".join(r + "\n" for r in rows))
 
 
