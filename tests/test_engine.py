@@ -339,3 +339,13 @@ def test_trim_metrics_drops_later_rows_and_a_line_cut_short(tmp_path):
     path.write_text('{"step": 5, "loss": 1.0}\n{"step": 10, "loss": 0.5}\n{"step": 15, "lo')
     trainer._trim_metrics(path, 10)
     assert path.read_text() == '{"step": 5, "loss": 1.0}\n{"step": 10, "loss": 0.5}\n'
+
+
+def test_run_hash_ignores_where_data_is_read_from_and_logging_intervals():
+    base = resolve_config(**{"data.dataset": "digits"})
+    same = base.override(
+        **{"data.download": True, "data.data_root": "/elsewhere", "train.log_every": 7, "train.checkpoint_every": 3}
+    )
+    assert same.run_hash() == base.run_hash()
+    for key, value in (("optim.lr", 0.01), ("train.eval_every", 11), ("data.strict", True), ("train.seed", 1)):
+        assert base.override(**{key: value}).run_hash() != base.run_hash(), key

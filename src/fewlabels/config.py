@@ -191,11 +191,15 @@ class Config:
         return _apply(self, _undot(dotted))
 
     def run_hash(self) -> str:
-        """A hash of everything that changes the trained model (not the out folder or the progress bar)."""
+        """A hash of everything that changes the trained model or its reported figures: not the out folder, the
+        progress bar, logging and checkpoint intervals, or where the data is read from (split.json's fingerprint
+        checks that the data itself is the same)."""
         d = self.to_dict()
         d.pop("out", None)
-        for key in ("progress", "tensorboard", "device", "eval_batch_size"):
+        for key in ("progress", "tensorboard", "device", "eval_batch_size", "log_every", "checkpoint_every"):
             d["train"].pop(key, None)
+        for key in ("download", "data_root"):
+            d["data"].pop(key, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
