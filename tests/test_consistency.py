@@ -152,6 +152,24 @@ def test_distribution_alignment_by_hand():
     assert torch.allclose(da.p_target(), torch.tensor([0.5, 0.5]))
 
 
+def test_distribution_alignment_targets_the_labeled_marginal_and_gathers_ranks():
+    other = {"labels": torch.tensor([0, 0]), "probs": torch.tensor([[0.5, 0.5], [0.5, 0.5]])}  # a simulated 2nd rank
+
+    def gather(t):
+        return torch.cat([t, other["labels"] if t.dtype == torch.long else other["probs"].to(t)])
+
+    da = DistributionAlignment(2, buffer=4)
+    probs = torch.tensor([[0.6, 0.4], [0.3, 0.7]])
+    aligned = da(probs, labels=torch.tensor([0, 1]), gather=gather)
+    # Labels of both ranks: 0, 1, 0, 0 -> p_target (0.75, 0.25); mean prediction of both: (0.475, 0.525).
+    assert torch.allclose(da.p_target(), torch.tensor([0.75, 0.25]))
+    assert torch.allclose(da.p_model(), torch.tensor([0.475, 0.525]))
+    ratio = torch.tensor([0.75 / 0.475, 0.25 / 0.525])
+    expected = probs * ratio / (probs * ratio).sum(-1, keepdim=True)
+    assert torch.allclose(aligned, expected, atol=1e-6)
+    assert aligned[1].argmax() == 0  # the skewed target flips the second row towards the majority class
+
+
 # --- Pi-model ------------------------------------------------------------------------------------------------------
 
 
