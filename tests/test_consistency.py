@@ -415,6 +415,32 @@ def test_remixmatch_loss_by_hand():
     assert out.loss.item() == pytest.approx((loss_l + 1.5 * loss_u + 0.5 * loss_u1).item(), rel=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("name", "options", "views", "step", "total", "ramp"),
+    [
+        # MixMatch: lambda_u 100 ramped linearly over the first 40% (USB): step 10 of 100 -> 0.25.
+        ("mixmatch", {"num_views": 2}, {"weak": U1, "weak2": U2}, 10, 100, 0.25),
+        # ReMixMatch: both unlabeled terms ramped over the first 1/64 (official): step 1 of 128 -> 0.5.
+        ("remixmatch", {"num_strong": 2}, {"weak": U1, "strong": U2, "strong2": U1}, 1, 128, 0.5),
+    ],
+)
+def test_mixmatch_family_ramps_the_unlabeled_weight(name, options, views, step, total, ramp):
+    algo = create_algorithm(name, 2, 3, **options)
+    torch.manual_seed(0)
+    out = algo.step(Echo(), batch(views), ctx(step=step, total=total))
+    logs = {k: float(v) for k, v in out.logs.items()}
+    if name == "mixmatch":
+        assert logs["lambda_u"] == pytest.approx(100.0 * ramp)
+        expected = logs["loss_l"] + 100.0 * ramp * logs["loss_u"]
+    else:
+        assert logs["ramp"] == pytest.approx(ramp)
+        expected = logs["loss_l"] + ramp * (1.5 * logs["loss_u"] + 0.5 * logs["loss_u1"])
+    assert logs["loss_u"] > 0 and out.loss.item() == pytest.approx(expected, rel=1e-5)
+    torch.manual_seed(0)
+    start = create_algorithm(name, 2, 3, **options).step(Echo(), batch(views), ctx(step=0, total=total))
+    assert start.loss.item() == pytest.approx(float(start.logs["loss_l"]), rel=1e-6)  # weight 0 at the start
+
+
 def test_remixmatch_rotation_head_is_trained_and_left_out_of_the_saved_model(tmp_path):
     from fewlabels.data import load_dataset
     from fewlabels.engine.run import save_model
