@@ -349,3 +349,14 @@ def test_run_hash_ignores_where_data_is_read_from_and_logging_intervals():
     assert same.run_hash() == base.run_hash()
     for key, value in (("optim.lr", 0.01), ("train.eval_every", 11), ("data.strict", True), ("train.seed", 1)):
         assert base.override(**{key: value}).run_hash() != base.run_hash(), key
+
+
+def test_fresh_run_clears_what_a_run_killed_before_its_first_checkpoint_left(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for stale in ("best.json", "best.safetensors", "metrics.jsonl"):
+        (folder / stale).write_text("from an older, killed run")
+    # No validation split: this run saves no best model of its own.
+    run = fewlabels.train(**tiny(tmp_path, **{"algorithm.name": "supervised", "data.val_per_class": 0}))
+    assert not (run.path / "best.json").exists() and not (run.path / "best.safetensors").exists()
+    assert "older" not in (run.path / "metrics.jsonl").read_text()

@@ -88,7 +88,9 @@ def prepare_folder(cfg: Config, folder: Path, resume: bool, info: DistInfo) -> N
         raise ConfigError(f"{folder} already holds a run: add --resume to continue it or choose another --out")
     if info.is_main:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "metrics.jsonl").unlink(missing_ok=True)
+        # What a run killed before its first checkpoint left behind would otherwise pass for this run's output.
+        for stale in ("metrics.jsonl", "best.safetensors", "best.json", "model.safetensors", "model.json"):
+            (folder / stale).unlink(missing_ok=True)
         atomic_write_text(config_path, cfg.to_yaml())
 
 
