@@ -26,6 +26,7 @@ from data_fixtures import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from fewlabels.data import (
     DATASETS,
@@ -841,3 +842,16 @@ def test_keep_classes_reads_numbers_as_names_first() -> None:
     assert _bundle([5, 5, 5]).keep_classes([2, 0]).classes == ["c2", "c0"]  # no such names: indices
     with pytest.raises(ConfigError, match="outside 0..2"):
         _bundle([5, 5, 5]).keep_classes([0, 3])
+
+
+def test_wide_and_float_grayscale_images_are_scaled_not_clipped(tmp_path: Path) -> None:
+    from fewlabels.data.formats import ImageReader
+
+    reader = ImageReader(strict=True, image_size=None)
+    ramp16 = np.array([[0, 32768, 65535]], dtype=np.uint16)
+    Image.fromarray(ramp16).save(tmp_path / "wide.png")  # a 16-bit PNG
+    assert reader.read(tmp_path / "wide.png").tolist() == [[0, 128, 255]]
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32), mode="F").save(tmp_path / "unit.tif")
+    assert reader.read(tmp_path / "unit.tif").tolist() == [[0, 128, 255]]  # [0, 1] floats: scaled
+    Image.fromarray(np.array([[-5.0, 100.0, 300.0]], dtype=np.float32), mode="F").save(tmp_path / "wide.tif")
+    assert reader.read(tmp_path / "wide.tif").tolist() == [[0, 100, 255]]  # wider floats: 0..255, clipped

@@ -77,6 +77,12 @@ class ImageReader:
             # convert("L") clips 16-bit values at 255 instead of scaling them.
             wide = np.asarray(im, dtype=np.float64)
             im = Image.fromarray(np.clip(wide / 65535.0 * 255.0, 0, 255).round().astype(np.uint8), mode="L")
+        elif im.mode == "F":
+            # Floating-point images (TIFF, scientific data): [0, 1] data is scaled to 0..255, anything wider is
+            # taken as 0..255 and clipped; convert("L") would turn [0, 1] data black.
+            wide = np.nan_to_num(np.asarray(im, dtype=np.float64))
+            scale = 255.0 if wide.size and wide.max() <= 1.0 else 1.0
+            im = Image.fromarray(np.clip(wide * scale, 0, 255).round().astype(np.uint8), mode="L")
         elif im.mode in _GRAY_MODES:
             im = im.convert("L")
         else:
