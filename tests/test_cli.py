@@ -73,6 +73,22 @@ def test_train_evaluate_predict_on_user_npz(tmp_path, capsys):
     assert len(rows) == 121 and all(r[1] in {"a", "b", "c"} and 0 < float(r[2]) <= 1 for r in rows[1:])
 
 
+def test_relative_data_path_is_saved_absolute_so_evaluate_works_from_elsewhere(tmp_path, capsys, monkeypatch):
+    (tmp_path / "data").mkdir()
+    blobs_npz(tmp_path / "data" / "blobs.npz")
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--dataset", "data/blobs.npz", "--algorithm", "supervised", "--out", "run", *FAST]
+    assert run_cli(capsys, *args)[0] == 0
+    assert Run(tmp_path / "run").config.data.dataset == str(tmp_path / "data" / "blobs.npz")
+    assert run_cli(capsys, *args, "--resume")[0] == 0  # the same relative path from the same folder resumes
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, out, err = run_cli(capsys, "evaluate", str(tmp_path / "run"))
+    assert code == 0, err
+    assert 0 <= json.loads(out)["test_accuracy"] <= 1
+
+
 def test_resume_and_evaluate_refuse_changed_data(tmp_path, capsys):
     data = blobs_npz(tmp_path / "blobs.npz")
     out_dir = tmp_path / "run"

@@ -59,7 +59,7 @@ def train(config: Config | dict | str | Path | None = None, *, data: DataBundle 
     (`fewlabels.algorithms.classic.fit_classic`).
     """
     resume = bool(overrides.pop("resume", False))
-    cfg = resolve_config(config, **overrides)
+    cfg = absolute_paths(resolve_config(config, **overrides))
     if is_classic(resolve_algorithm_name(cfg.algorithm.name)):  # unknown names raise, suggesting from both kinds
         return fit_classic(cfg, data, resume=resume)
     info = init_distributed(cfg.train.device)
@@ -68,6 +68,25 @@ def train(config: Config | dict | str | Path | None = None, *, data: DataBundle 
         return _loop(ctx, resume)
     finally:
         cleanup(info)
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """`cfg` with its user data path, data root and init_from run made absolute, so the run folder's config.yaml
+    names the same files from any working directory (evaluate, resume, distill from elsewhere). Built-in dataset
+    names and paths that do not exist (the loader then names the problem) are left as they are."""
+    from fewlabels.data import DATASETS
+
+    changes: dict[str, str] = {}
+    d = cfg.data
+    try:
+        DATASETS.get(d.dataset)  # a built-in name wins over a same-named folder, as in load_dataset
+    except ConfigError:
+        if Path(d.dataset).expanduser().exists():
+            changes["data.dataset"] = str(Path(d.dataset).expanduser().resolve())
+    for key, value in (("data.data_root", d.data_root), ("model.init_from", cfg.model.init_from)):
+        if value and Path(value).expanduser().exists():
+            changes[key] = str(Path(value).expanduser().resolve())
+    return cfg.override(**changes) if changes else cfg
 
 
 def _local(positions: Tensor, info: DistInfo) -> Tensor:
