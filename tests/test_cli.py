@@ -89,6 +89,22 @@ def test_relative_data_path_is_saved_absolute_so_evaluate_works_from_elsewhere(t
     assert 0 <= json.loads(out)["test_accuracy"] <= 1
 
 
+def test_pipeline_stage_with_a_relative_data_path_is_found_finished(tmp_path, monkeypatch):
+    from fewlabels.config import resolve_config
+    from fewlabels.engine.stage import resumable, run_stage
+
+    blobs_npz(tmp_path / "blobs.npz")
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve_config(
+        **{"data.dataset": "blobs.npz", "algorithm.name": "supervised", "train.steps": 4, "train.progress": False}
+    )
+    first = run_stage(cfg, tmp_path / "stage")
+    again = run_stage(cfg, tmp_path / "stage")  # finished, same settings: returned, not refused or retrained
+    assert again.summary == first.summary
+    (tmp_path / "stage" / "checkpoint.json").write_text("{cut")
+    assert not resumable(tmp_path / "stage")  # a broken checkpoint is not resumable (and raises nothing here)
+
+
 def test_resume_and_evaluate_refuse_changed_data(tmp_path, capsys):
     data = blobs_npz(tmp_path / "blobs.npz")
     out_dir = tmp_path / "run"

@@ -13,7 +13,7 @@ from fewlabels.config import SECTIONS, Config, load_yaml, resolve_config
 from fewlabels.engine import checkpoint as ckpt
 from fewlabels.engine.run import Run
 from fewlabels.engine.setup import config_diff
-from fewlabels.errors import ConfigError
+from fewlabels.errors import CheckpointError, ConfigError
 from fewlabels.io import atomic_write_text
 
 
@@ -31,7 +31,7 @@ def resumable(folder: str | Path) -> bool:
     folder = Path(folder)
     try:
         return (folder / "config.yaml").is_file() and ckpt.has_checkpoint(folder)
-    except (OSError, ValueError, KeyError, TypeError):  # a broken checkpoint.json
+    except (OSError, ValueError, KeyError, TypeError, CheckpointError):  # a broken checkpoint.json
         return False
 
 
@@ -51,10 +51,10 @@ def run_stage(config: Config, folder: str | Path) -> Run:
     an empty folder or one holding an unfinished run without a usable checkpoint starts afresh (same seed, so the
     same run). A finished or resumable run made with a different config is refused, naming the difference.
     """
-    from fewlabels.engine.trainer import train
+    from fewlabels.engine.trainer import absolute_paths, train
 
     folder = Path(folder)
-    cfg = config.override(out=str(folder))
+    cfg = absolute_paths(config.override(out=str(folder)))  # as train() saves it, so the two compare
     if read_summary(folder) is not None and (folder / "config.yaml").is_file():
         _check_same_config(folder, cfg)
         return Run(folder)
