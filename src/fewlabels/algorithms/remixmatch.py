@@ -26,8 +26,9 @@ class ReMixMatch(Algorithm):
     """loss = H(mixed l) + w(t) [lambda_u H(mixed u) + lambda_u1 H(q, p(s_1))] + lambda_rot CE(rot(s_1), k).
 
     The guess q = Sharpen(DA(p(weak u)), T), with distribution alignment p * p(y) / p_model (see
-    `DistributionAlignment`), anchors `num_strong` strong views s_1..s_K of the same inputs; labeled inputs and all
-    strong views are mixed as in MixMatch and trained with cross-entropy. The un-mixed first strong view gets its own
+    `DistributionAlignment`), anchors `num_strong` strong views s_1..s_K of the same inputs (K = 2 by default for
+    CPU cost; the paper uses 8); labeled inputs and all strong views are mixed as in MixMatch and trained with
+    cross-entropy, while the weak view only makes the guess. The un-mixed first strong view gets its own
     loss (lambda_u1), and, for square images, a 4-way rotation head on the features predicts its rotation
     (lambda_rot; a no-op for vectors). One training forward covers the mixed batch, s_1 and rotated s_1. w(t) ramps
     up linearly over `warmup` (official: 1/64 of training). CTAugment is not implemented: the strong views use
