@@ -535,11 +535,14 @@ def image_files_under(folder: Path) -> list[Path]:
 def manifest_file(value: str, base: Path) -> Path:
     """A manifest's `path` value as a file: `~` expanded, relative paths against the CSV's folder `base`, and
     backslashes read as separators (a manifest written on Windows) when the path as written does not exist."""
-    p = Path(value).expanduser()
-    p = p if p.is_absolute() else base / p
+
+    def resolve(text: str) -> Path:
+        p = Path(text).expanduser()
+        return p if p.is_absolute() else base / p
+
+    p = resolve(value)
     if "\\" in value and os.sep != "\\" and not p.exists():
-        q = Path(PureWindowsPath(value).as_posix()).expanduser()
-        p = q if q.is_absolute() else base / q
+        p = resolve(PureWindowsPath(value).as_posix())
     return p
 
 

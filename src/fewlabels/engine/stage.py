@@ -31,7 +31,7 @@ def resumable(folder: str | Path) -> bool:
     folder = Path(folder)
     try:
         return (folder / "config.yaml").is_file() and ckpt.has_checkpoint(folder)
-    except (OSError, ValueError, KeyError, TypeError, CheckpointError):  # a broken checkpoint.json
+    except (OSError, CheckpointError):  # a broken checkpoint.json (load errors arrive as CheckpointError)
         return False
 
 
