@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-slow lint format fashion-mnist benchmarks clean
+.PHONY: demo test test-slow test-gpu gpu-data lint format fashion-mnist benchmarks clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -31,6 +31,14 @@ test: $(STAMP) fashion-mnist
 
 test-slow: $(STAMP) fashion-mnist
 	$(PY) -m pytest -q -m slow
+
+# The checks that need a CUDA GPU (tests/test_gpu.py); benchmarks/gpu_check.sh runs them with the GPU benchmarks.
+test-gpu: $(STAMP) fashion-mnist
+	$(PY) -m pytest -q -m gpu
+
+# Fashion-MNIST's IDX files in .gpu/data (ignored by git), to carry to a machine without the Debian package.
+gpu-data: fashion-mnist
+	mkdir -p .gpu/data && cp $(FMNIST)/*-ubyte.gz .gpu/data/
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples

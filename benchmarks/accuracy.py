@@ -6,6 +6,7 @@ test accuracy and the median of its last evaluations. Writes benchmarks/results/
 
     python benchmarks/accuracy.py                      # the full protocol: 15m per run, 3 seeds
     python benchmarks/accuracy.py --budget 3m --seeds 0 --tag -quick
+    python benchmarks/accuracy.py --report-only         # rewrite accuracy.md from accuracy.csv
 """
 
 from __future__ import annotations
@@ -97,12 +98,24 @@ def run_cell(workdir: Path, dataset: str, lpc: int | None, algorithm: str, seed:
     }
 
 
+def _order(dataset: str, lpc: str, algorithm: str) -> tuple[int, int, int]:
+    """Table order: the settings and algorithms as listed above, each dataset's all-labels row last."""
+    settings = [s.split(":") for s in SETTINGS]
+    datasets = list(dict.fromkeys(d for d, _ in settings))
+    d = datasets.index(dataset) if dataset in datasets else len(datasets)
+    labels = [int(n) for name, n in settings if name == dataset]
+    row = labels.index(int(lpc)) if lpc.isdigit() and int(lpc) in labels else len(labels)
+    a = ALGORITHMS.index(algorithm) if algorithm in ALGORITHMS else len(ALGORITHMS)
+    return d, row, a
+
+
 def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
     m = 100 * statistics.mean(values)
-    s = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{m:.1f} ± {s:.1f}"
+    if len(values) == 1:  # one seed: no spread to report
+        return f"{m:.1f}"
+    return f"{m:.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
 def write_report(rows: list[dict], args: argparse.Namespace, wall: float, stem: Path) -> str:
@@ -122,25 +135,28 @@ def write_report(rows: list[dict], args: argparse.Namespace, wall: float, stem: 
     lines = [
         "# Accuracy: FixMatch family vs labels only",
         "",
-        f"Hardware: {cpu}, {torch.get_num_threads()} torch threads, "
+        f"Hardware of the session that wrote this file (cells of earlier sessions may have run on another "
+        f"2-core machine of the same kind): {cpu}, {torch.get_num_threads()} torch threads, "
         f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; "
         f"torch {torch.__version__}.",
-        f"Budget {args.budget} of wall-clock per run (the schedule is fitted to it); seeds {args.seeds}; "
-        f"default model and augmentation of each dataset; total wall time {wall / 60:.0f} min.",
+        f"Budget {args.budget} of wall-clock per run (the schedule is fitted to it); the seeds each cell has "
+        "finished are in its row (the protocol asks for 0, 1 and 2); default model and augmentation of each "
+        f"dataset; wall time of this invocation {wall / 60:.0f} min.",
         "Cells finished in earlier sessions are read back from the CSV; the wall time counts this session only.",
-        "Test accuracy (%) of the final EMA model, mean ± std over seeds; 'median-last' is the median of the last "
-        "5 evaluations. Nothing is selected on the test set.",
+        "Test accuracy (%) of the final EMA model, mean ± std over the cell's seeds; 'median-last' is the median of "
+        "the last 5 evaluations; steps and wall time are means. Nothing is selected on the test set.",
         "",
-        "| dataset | labels | algorithm | test acc | median-last | val acc | steps | wall (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dataset | labels | algorithm | seeds | test acc | median-last | val acc | steps | wall (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["dataset"], str(r["labels_per_class"]), r["algorithm"]), []).append(r)
-    for (dataset, lpc, algorithm), rs in groups.items():
+    for (dataset, lpc, algorithm), rs in sorted(groups.items(), key=lambda item: _order(*item[0])):
         num = rs[0].get("num_labels")
+        seeds = ", ".join(str(r["seed"]) for r in sorted(rs, key=lambda r: int(r["seed"])))
         lines.append(
-            f"| {dataset} | {lpc}/class ({num}) | {algorithm} | "
+            f"| {dataset} | {lpc}/class ({num}) | {algorithm} | {seeds} | "
             f"{mean_std([r['test_accuracy'] for r in rs])} | "
             f"{mean_std([r['test_accuracy_median_last'] for r in rs])} | "
             f"{mean_std([r['val_accuracy'] for r in rs if r['val_accuracy'] is not None])} | "
@@ -160,6 +176,7 @@ def main() -> None:
     p.add_argument("--no-ceiling", action="store_true", help="skip the supervised all-labels runs")
     p.add_argument("--workdir", default="benchmarks/work", help="run folders (resumable)")
     p.add_argument("--tag", default="")
+    p.add_argument("--report-only", action="store_true", help="rewrite the .md from the .csv, train nothing")
     args = p.parse_args()
     parse_duration(args.budget)
     workdir = Path(args.workdir)
@@ -171,6 +188,9 @@ def main() -> None:
     if not args.no_ceiling:
         cells += [(d, None, "supervised") for d in dict.fromkeys(s.split(":")[0] for s in args.settings)]
     rows = list(done.values())
+    if args.report_only:
+        print(write_report(rows, args, 0.0, stem))
+        return
     for dataset, lpc, algorithm in cells:
         for seed in args.seeds:
             if cell_key(dataset, lpc, algorithm, seed, args.budget) in done:

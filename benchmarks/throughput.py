@@ -149,6 +149,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional pipeline")
     p.add_argument("--device", default="auto")
+    p.add_argument("--data-root", default=None, help="folder holding the dataset's files (default: the usual places)")
     p.add_argument("--tag", default="", help="suffix of the results files")
     args = p.parse_args()
 
@@ -156,6 +157,7 @@ def main() -> None:
         cfg = Config().override(
             **{
                 "data.dataset": args.dataset,
+                "data.data_root": args.data_root,
                 "data.labels_per_class": 25,
                 "model.name": args.model,
                 "algorithm.name": "fixmatch",

@@ -95,6 +95,27 @@ def test_every_pool_op_keeps_shape_dtype_and_range(op):
         assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("c", [1, 3])
+def test_ops_take_channels_last_input(c):
+    """The public ops work on channels_last batches (a model's memory format) and give the NCHW results."""
+    x = to_float(image_u8(4, c, 9, 7))
+    xl = x.contiguous(memory_format=torch.channels_last)
+    m = torch.tensor([0.3, 0.7, 1.2, 1.9])
+    calls = {
+        "equalize": lambda t: ops.equalize(t),
+        "auto_contrast": lambda t: ops.auto_contrast(t),
+        "posterize": lambda t: ops.posterize(t, torch.tensor([1, 3, 5, 8])),
+        "solarize": lambda t: ops.solarize(t, torch.tensor([0, 64, 128, 256])),
+        "sharpness": lambda t: ops.sharpness(t, m),
+        "contrast": lambda t: ops.contrast(t, m),
+        "color": lambda t: ops.color(t, m),
+        "rotate": lambda t: ops.rotate(t, torch.tensor([-30.0, -5.0, 10.0, 30.0])),
+        "shear_x": lambda t: ops.shear_x(t, torch.tensor([-0.3, 0.0, 0.1, 0.3])),
+    }
+    for name, call in calls.items():
+        torch.testing.assert_close(call(xl), call(x), msg=name)
+
+
 # --- op semantics against PIL, which FixMatch's RandAugment calls -----------------------------------------
 
 
@@ -470,6 +491,19 @@ def test_augmenter_views_and_state_round_trip():
     assert all(torch.equal(e, g) for e, g in zip(expected, got, strict=True))
     # the stream moves on: consecutive strong views differ
     assert not torch.equal(expected[0], expected[2])
+
+
+def test_augmenter_state_from_another_kind_of_device_restarts_the_stream_with_a_warning():
+    x = image_u8(16, 3, 16, 16)
+    aug = Augmenter(seed=3)
+    aug(x, "strong")
+    state = aug.state_dict()
+    state["generators"] = {"cuda:0": state["generators"]["cpu"]}  # as a GPU run's checkpoint holds it
+    resumed = Augmenter(seed=3)
+    resumed.load_state_dict(state)
+    with pytest.warns(UserWarning, match="saved on cuda:0.*restarts from seed 3"):
+        view = resumed(x, "strong")
+    assert torch.equal(view, Augmenter(seed=3)(x, "strong"))
 
 
 def test_augmenter_is_seeded_and_leaves_the_global_rng_alone():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -326,3 +327,47 @@ def test_a_failing_cell_is_reported_after_the_others_finish(tmp_path, jobs, one_
     assert err.result.rows == rows and err.result.missing == ["pseudo_label-2-s0"]
     assert "Not finished yet (1): pseudo_label-2-s0" in (out / "report.md").read_text()
     assert isinstance(err, fewlabels.FewLabelsError)  # the CLI prints it as a one-line error
+
+
+def test_accuracy_protocol_report_lists_each_cells_seeds_and_hand_computed_spread(tmp_path):
+    """benchmarks/accuracy.py --report-only: rows of several sessions, in protocol order, with their seeds."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("accuracy_protocol", Path("benchmarks/accuracy.py").resolve())
+    protocol = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(protocol)
+
+    def row(dataset, lpc, algorithm, seed, acc):
+        return {
+            "dataset": dataset,
+            "labels_per_class": lpc,
+            "num_labels": 40,
+            "algorithm": algorithm,
+            "seed": seed,
+            "budget": "15m",
+            "steps": 100 + seed,
+            "wall_seconds": 900.0,
+            "test_accuracy": acc,
+            "test_accuracy_median_last": acc,
+            "val_accuracy": None,
+        }
+
+    rows = [
+        row("digits", 4, "fixmatch", 1, 0.90),
+        row("fashion-mnist", 4, "fixmatch", 0, 0.60),
+        row("digits", 4, "fixmatch", 0, 0.96),
+        row("fashion-mnist", 4, "supervised", 0, 0.50),
+    ]
+    args = argparse.Namespace(budget="15m")
+    text = protocol.write_report(rows, args, 0.0, tmp_path / "acc")
+    table = [line for line in text.splitlines() if line.startswith("| ") and "/class" in line]
+    assert [line.split(" | ")[:4] for line in table] == [
+        ["| fashion-mnist", "4/class (40)", "supervised", "0"],
+        ["| fashion-mnist", "4/class (40)", "fixmatch", "0"],
+        ["| digits", "4/class (40)", "fixmatch", "0, 1"],
+    ]
+    # Two seeds: mean 93.0, sample standard deviation |96 - 90| / sqrt(2) = 4.24; one seed: no spread.
+    assert "| 93.0 ± 4.2 |" in table[2] and "| 50.0 | 50.0 |" in table[0]
+    again = protocol.load_rows(tmp_path / "acc")  # the CSV written beside it reads back as the same cells
+    assert len(again) == 4 and again[("digits", "4", "fixmatch", "1", "15m")]["test_accuracy"] == 0.90

@@ -73,6 +73,49 @@ def test_train_evaluate_predict_on_user_npz(tmp_path, capsys):
     assert len(rows) == 121 and all(r[1] in {"a", "b", "c"} and 0 < float(r[2]) <= 1 for r in rows[1:])
 
 
+def test_file_mistakes_in_predict_evaluate_and_export_are_one_line_errors(tmp_path, capsys):
+    data = blobs_npz(tmp_path / "blobs.npz")
+    run = tmp_path / "run"
+    assert run_cli(capsys, "train", "--dataset", str(data), "--out", str(run), *FAST)[0] == 0
+    # A NaN feature: refused, as in training, instead of a prediction with NaN confidence.
+    with np.load(data) as z:
+        x = z["x"][:4].copy()
+    x[2, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x)
+    code, _, err = run_cli(capsys, "predict", str(run), str(tmp_path / "nan.npz"))
+    assert code == 2 and "NaN or infinite" in err and "row 2" in err
+    # A truncated .npz (a zip cut short) is named, not a BadZipFile traceback.
+    (tmp_path / "cut.npz").write_bytes(data.read_bytes()[:300])
+    code, _, err = run_cli(capsys, "predict", str(run), str(tmp_path / "cut.npz"))
+    assert code == 2 and "cut.npz" in err and err.count("\n") == 1
+    # An existing folder as the predictions file: refused before any prediction.
+    (tmp_path / "folder").mkdir()
+    code, _, err = run_cli(capsys, "predict", str(run), str(data), "-o", str(tmp_path / "folder"))
+    assert code == 2 and "is a folder" in err and list((tmp_path / "folder").iterdir()) == []
+    # export: an existing file without a suffix as --out, and a misspelt format.
+    (tmp_path / "plain").write_text("keep me")
+    code, _, err = run_cli(capsys, "export", str(run), "--format", "safetensors", "--out", str(tmp_path / "plain"))
+    assert code == 2 and "existing file without a suffix" in err and (tmp_path / "plain").read_text() == "keep me"
+    code, _, err = run_cli(capsys, "export", str(run), "--format", "safetensor")
+    assert code == 2 and "did you mean 'safetensors'" in err
+    # evaluate: a wrong `which` from Python is named before the data are read.
+    with pytest.raises(fewlabels.errors.ConfigError, match="'model'.*'best'.*got 'bset'"):
+        fewlabels.evaluate(run, which="bset")
+    # A file-system error in any command is one line, not a traceback.
+    code, _, err = run_cli(capsys, "train", "--dataset", str(data), "--out", str(tmp_path / "plain" / "x"), *FAST)
+    assert code in (1, 2) and err.startswith("fewlabels: error: ") and err.count("\n") == 1
+
+
+def test_interrupted_commands_say_how_to_carry_on():
+    from fewlabels.cli import INTERRUPTED, build_parser
+
+    subcommands = build_parser()._subparsers._group_actions[0].choices
+    assert set(INTERRUPTED) <= set(subcommands) and "train" in INTERRUPTED
+    for command, advice in INTERRUPTED.items():  # --resume is advised exactly where the command has the flag
+        flags = {flag for action in subcommands[command]._actions for flag in action.option_strings}
+        assert ("--resume" in advice) == ("--resume" in flags), command
+
+
 def test_relative_data_path_is_saved_absolute_so_evaluate_works_from_elsewhere(tmp_path, capsys, monkeypatch):
     (tmp_path / "data").mkdir()
     blobs_npz(tmp_path / "data" / "blobs.npz")

@@ -360,3 +360,18 @@ def test_fresh_run_clears_what_a_run_killed_before_its_first_checkpoint_left(tmp
     run = fewlabels.train(**tiny(tmp_path, **{"algorithm.name": "supervised", "data.val_per_class": 0}))
     assert not (run.path / "best.json").exists() and not (run.path / "best.safetensors").exists()
     assert "older" not in (run.path / "metrics.jsonl").read_text()
+
+
+def test_amp_dtype_setting_is_checked_and_picks_the_autocast_precision(tmp_path):
+    from fewlabels.engine.distributed import DistInfo
+    from fewlabels.engine.setup import amp_dtype, build_context
+
+    assert resolve_config(**{"train.amp_dtype": "fp16"}).train.amp_dtype == "fp16"
+    with pytest.raises(ConfigError, match="train.amp_dtype must be one of auto, bf16, fp16, got 'fp8'"):
+        resolve_config(**{"train.amp_dtype": "fp8"})
+    assert amp_dtype("bf16", torch.device("cuda", 0)) == torch.bfloat16  # no GPU needed for an explicit choice
+    assert amp_dtype("fp16", torch.device("cuda", 0)) == torch.float16
+    # On the CPU autocast is off whatever the setting: no autocast dtype, no grad scaler.
+    cfg = resolve_config(**tiny(tmp_path, **{"train.amp_dtype": "fp16", "train.device": "cpu"}))
+    ctx = build_context(cfg, DistInfo(), resume=False)
+    assert ctx.autocast_dtype is None and ctx.scaler is None

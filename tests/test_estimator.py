@@ -197,6 +197,58 @@ def test_fully_labeled_y_trains_supervised_with_a_warning():
     assert clf.summary_["algorithm"] == "supervised"
 
 
+def test_fully_labeled_y_is_checked_and_classic_methods_fit_it_as_scikit_learn_does(digits_split):
+    X = np.random.default_rng(0).normal(size=(30, 4))
+    y = (X[:, 0] > 0).astype(int)
+    with pytest.raises(ValueError, match="did you mean 'fixmatch'"):  # not a silent 'supervised' run
+        SemiSupervisedClassifier("fixmtch", **FAST).fit(X, y)
+    from fewlabels.algorithms.classic import make_classic
+
+    X, y, X_test, _ = digits_split
+    labeled = y != -1
+    with pytest.warns(UserWarning, match="fits the labeled samples alone"):
+        clf = SemiSupervisedClassifier("self_training", val_per_class=0).fit(X[labeled], y[labeled])
+    by_hand = make_classic("self_training", "vector").fit(X[labeled].astype(np.float32), y[labeled])
+    np.testing.assert_array_equal(clf.predict(X_test), by_hand.predict(X_test.astype(np.float32)))
+
+
+def test_a_failed_fit_leaves_the_estimator_as_it_was():
+    from sklearn.exceptions import NotFittedError
+
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    y = np.r_[np.zeros(5), np.ones(5), -np.ones(10)]
+    clf = SemiSupervisedClassifier("supervised", **FAST)
+    with pytest.raises(ValueError, match="1 class"):
+        clf.fit(X, np.r_[np.zeros(5), -np.ones(15)])
+    with pytest.raises(NotFittedError):
+        clf.predict(X)
+    clf.fit(X, y)
+    before = clf.predict_proba(X)
+    with pytest.raises(ValueError, match="train.ema"):  # fails in the engine, after the labels were read
+        clf.set_params(config={"train.ema": 2.0}).fit(X, np.where(y == 1, 7, y))
+    np.testing.assert_array_equal(clf.classes_, [0.0, 1.0])  # not the failed fit's [0, 7]
+    np.testing.assert_array_equal(clf.predict_proba(X), before)
+
+
+def test_nested_config_mappings_and_estimator_only_settings_are_refused(tmp_path):
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    y = np.r_[np.zeros(5), np.ones(5), -np.ones(10)]
+    cases = [
+        ({"train": {"seed": 5}}, "'train.seed'.*random_state="),
+        ({"algorithm": {"name": "uda"}}, "'algorithm.name'.*algorithm="),
+        ({"data.dataset": "digits"}, "fit\\(X, y\\)"),
+        ({"data": {"classes": ["a"]}}, "data.classes.*before fit"),
+    ]
+    for config, message in cases:
+        with pytest.raises(ValueError, match=message):
+            SemiSupervisedClassifier(config=config, **FAST).fit(X, y)
+    with pytest.raises(ValueError, match="random_state must be an integer in"):
+        SemiSupervisedClassifier(random_state=-1, **FAST).fit(X, y)
+    # Nested sections that no parameter decides still reach the engine.
+    clf = SemiSupervisedClassifier("supervised", config={"train": {"ema": 0.5}}, out=str(tmp_path), **FAST)
+    assert fewlabels.Run(clf.fit(X, y).run_path_).config.train.ema == 0.5
+
+
 def test_label_markers_and_mixed_types():
     X = np.random.default_rng(0).normal(size=(12, 3))
     ints_with_none = np.array([0, 1, 0, 1, None, None, None, None, None, None, None, None], dtype=object)
@@ -220,6 +272,19 @@ def test_pandas_inputs(digits_split):
     with pytest.warns(UserWarning, match="feature names"):  # scikit-learn's own warning for a bare array
         plain = clf.predict(X_test)
     np.testing.assert_array_equal(clf.predict(test_frame), plain)
+
+
+def test_nan_in_float_labels_marks_unlabeled_rows(digits_split):
+    """An integer label column with empty cells reads (pandas) as floats with NaN: those rows are unlabeled."""
+    X, y, X_test, y_test = digits_split
+    y_nan = np.where(y == -1, np.nan, y.astype(float))
+    assert unlabeled_mask(y_nan).tolist() == (y == -1).tolist()
+    a = SemiSupervisedClassifier("supervised", steps=30, random_state=0).fit(X, y_nan)
+    b = SemiSupervisedClassifier("supervised", steps=30, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(a.classes_, b.classes_)  # the same classes, as floats
+    np.testing.assert_array_equal(a.predict_proba(X_test), b.predict_proba(X_test))
+    y_score = np.where(np.arange(len(y_test)) % 2 == 0, np.nan, y_test.astype(float))
+    assert a.score(X_test, y_score) == a.score(X_test[1::2], y_test[1::2])
 
 
 def test_score_leaves_unlabeled_rows_out(digits_split):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import os
+import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,7 @@ def evaluate(run: str | Path | Run, which: str = "model") -> dict[str, Any]:
     from fewlabels.data import Split, load_data
 
     run = run if isinstance(run, Run) else Run(run)
+    run.model_info(which)  # a wrong `which`, a classic or unfinished run: refused before the data are loaded
     cfg = run.config
     d = cfg.data
     from fewlabels.estimator import IN_MEMORY
@@ -76,17 +79,26 @@ def fit_inputs(x: np.ndarray, input_shape: Sequence[int], what: str = "inputs") 
     """Check a batch against a model's input shape and return it as (N, *input_shape), uint8 or float32.
 
     Vectors: any numeric (N, D) array, returned as float32. Images: (N, C, H, W), (N, H, W, C), or (N, H, W) for
-    one channel; uint8 pixels stay uint8, integers must lie in 0..255 (made uint8) and floats in [0, 1] (made
-    float32), the scale the model's `predict_logits` expects.
+    one channel; uint8 pixels stay uint8, integers must lie in 0..255 (made uint8) and floats (booleans too) in
+    [0, 1] are rounded to uint8 pixels, as training stores float images, the scale `predict_logits` expects.
     """
     shape = tuple(int(s) for s in input_shape)
     x = np.asarray(x)
-    if x.dtype.kind not in "iuf":
+    if x.dtype.kind == "b":
+        x = x.astype(np.float32)
+    if x.dtype.kind not in "biuf":
         raise DataError(f"{what} has dtype {x.dtype}; give a numeric array")
     if len(shape) == 1:
         if x.ndim != 2 or x.shape[1] != shape[0]:
             raise DataError(f"{what} has shape {x.shape}; the model takes vectors (N, {shape[0]})")
-        return np.ascontiguousarray(x, dtype=np.float32)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            raise DataError(
+                f"{what} holds NaN or infinite values in {int(bad.sum())} row(s), the first at row "
+                f"{int(np.flatnonzero(bad)[0])}; impute or drop those rows (training refused them too)"
+            )
+        return x
     c, h, w = shape
     if x.ndim == 3 and c == 1 and x.shape[1:] == (h, w):
         x = x[:, None]
@@ -107,7 +119,8 @@ def fit_inputs(x: np.ndarray, input_shape: Sequence[int], what: str = "inputs") 
                 f"{what} holds float images with values in [{lo:g}, {hi:g}]; float images must lie in [0, 1]: "
                 "divide by 255, or give uint8 pixels"
             )
-        return np.ascontiguousarray(x, dtype=np.float32)
+        # Rounded to 8-bit pixels, as training stored float images, so a model sees what it was trained on.
+        return np.ascontiguousarray(np.round(x * 255.0).astype(np.uint8))
     if lo < 0 or hi > 255:
         raise DataError(f"{what} holds integer images with values in [{lo:g}, {hi:g}]; pixels must be 0..255")
     return np.ascontiguousarray(x, dtype=np.uint8)
@@ -132,7 +145,7 @@ def _array_file(path: Path) -> np.ndarray:
             if "x" not in z.files:
                 raise DataError(f"{path} has no array 'x' (found {z.files}); save inputs with np.savez(path, x=x)")
             return z["x"]
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise DataError(f"cannot read {path} as a numeric array ({type(e).__name__}: {e})") from e
 
 

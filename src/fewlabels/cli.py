@@ -223,7 +223,9 @@ def _export_parser(sub: Any) -> None:
     )
     p.add_argument("--which", default="model", choices=["model", "best"], help="final EMA model or best on val")
     p.add_argument(
-        "--out", help="file or folder to write (default: RUN/export/model.onnx, model.pt or model.safetensors)"
+        "--out",
+        help="file or folder to write (default: RUN/export/WHICH.onnx, WHICH.pt or WHICH.safetensors, WHICH being "
+        "model or best)",
     )
 
 
@@ -513,11 +515,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FewLabelsError as exc:
         print(f"fewlabels: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file-system mistake (permissions, a full disk, a folder for a file): one line
+        print(f"fewlabels: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        again = "the same command" if args.command == "benchmark" else "the same command plus --resume"
-        print(f"fewlabels: interrupted; resume with {again}", file=sys.stderr)
+        print(f"fewlabels: interrupted{INTERRUPTED.get(args.command, '')}", file=sys.stderr)
         return 130
     return 0
+
+
+INTERRUPTED = {
+    "train": "; resume with the same command plus --resume",
+    "benchmark": "; rerun the same command to resume (finished runs are kept)",
+    "pseudo-label": "; rerun the same command to resume (finished shards are kept)",
+    "noisy-student": "; rerun the same command to resume (from the unfinished stage's last checkpoint)",
+    "simclr": "; rerun the same command to resume (from the unfinished stage's last checkpoint)",
+    "distill": "; rerun the same command to resume (from the last checkpoint)",
+    "select": "; nothing was written",
+    "predict": "; nothing was written",
+    "export": "; nothing was written",
+}
+"""What an interrupted command leaves, and how to carry on, after 'fewlabels: interrupted'."""
 
 
 if __name__ == "__main__":

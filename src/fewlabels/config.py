@@ -102,6 +102,10 @@ class AlgorithmConfig:
     """Options passed to the algorithm (threshold, lambda_u, ...); unknown ones are an error."""
 
 
+AMP_DTYPES = ("auto", "bf16", "fp16")
+"""The autocast precisions train.amp_dtype accepts."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The training loop."""
@@ -129,7 +133,9 @@ class TrainConfig:
     device: str = "auto"
     """'auto' (CUDA if available), 'cpu', 'cuda' or 'cuda:N'."""
     amp: bool = True
-    """Autocast to bf16 (or fp16 with a grad scaler) on GPU; ignored on CPU."""
+    """Autocast on GPU (see amp_dtype); ignored on CPU."""
+    amp_dtype: str = "auto"
+    """'auto' (bf16 where the GPU runs it natively, else fp16), 'bf16', or 'fp16' (with a grad scaler)."""
     channels_last: bool = True
     """Use channels_last memory format for image models."""
     compile: bool = False
@@ -154,6 +160,10 @@ class TrainConfig:
             _check(getattr(self, name) >= 1, f"train.{name} must be at least 1, got {getattr(self, name)}")
         _check(self.steps is None or self.steps >= 1, f"train.steps must be at least 1, got {self.steps}")
         _check(0 <= self.seed < 2**32, f"train.seed must be an integer in [0, 2**32), got {self.seed}")
+        _check(
+            self.amp_dtype in AMP_DTYPES,
+            f"train.amp_dtype must be one of {', '.join(AMP_DTYPES)}, got {self.amp_dtype!r}",
+        )
         _check(0.0 <= self.ema < 1.0, f"train.ema must be in [0, 1), got {self.ema}; 0.999 is the usual value")
 
 

@@ -20,7 +20,7 @@ from sklearn.utils import _safe_indexing
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from fewlabels.algorithms.classic import is_classic
+from fewlabels.algorithms.classic import is_classic, resolve_algorithm_name
 from fewlabels.data import DataBundle
 from fewlabels.data.formats import _npz_inputs
 from fewlabels.errors import ConfigError
@@ -50,15 +50,28 @@ PARAMETER_OF = {
 MARKER_LIKE = {"unlabeled", "unlabelled", "unknown", "", "nan", "none", "?", "na", "n/a"}
 
 
+def _dotted_keys(config: Mapping[str, Any]) -> list[str]:
+    """The keys a config mapping sets, nested sections spelt out: {"train": {"seed": 5}} -> ["train.seed"]."""
+    keys = []
+    for key, value in config.items():
+        if isinstance(value, Mapping) and "." not in str(key) and key != "out":
+            keys += [f"{key}.{inner}" for inner in value] if value else [str(key)]
+        else:
+            keys.append(str(key))
+    return keys
+
+
 def _is_missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and v != v)
 
 
 def unlabeled_mask(y: np.ndarray) -> np.ndarray:
-    """True where `y` marks an unlabeled sample: -1 in numeric labels; -1, "-1", None or NaN (an empty cell of a
-    CSV read by pandas) in string/object labels."""
+    """True where `y` marks an unlabeled sample: -1 in numeric labels (NaN too in float labels); -1, "-1", None
+    or NaN in string/object labels (NaN: the empty cell of a CSV read by pandas)."""
     y = np.asarray(y)
-    if y.dtype.kind in "iuf":
+    if y.dtype.kind == "f":
+        return (y == UNLABELED) | np.isnan(y)
+    if y.dtype.kind in "iu":
         return y == UNLABELED
     values = y.tolist()
     return np.fromiter((_is_missing(v) or v == UNLABELED or v == "-1" for v in values), dtype=bool, count=len(values))
@@ -151,6 +164,7 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> SemiSupervisedClassifier:
         """Train on X with labels y, where y == -1 marks the unlabeled rows; returns self."""
+        algorithm = resolve_algorithm_name(self.algorithm)  # a misspelt name fails before any work
         X, y = self._check_fit_input(X, y)
         unlabeled = unlabeled_mask(y)
         labeled_y = y[~unlabeled]
@@ -162,13 +176,15 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
                 raise ValueError("y mixes string and numeric labels; use one type (and -1 or None for unlabeled rows)")
             labeled_y = np.asarray(labeled_y.tolist())
         check_classification_targets(labeled_y)
-        self.classes_ = np.unique(labeled_y)
-        if len(self.classes_) < 2:
+        # Everything is computed first and the fitted attributes are set together at the end: a fit that fails
+        # leaves the estimator as it was (unfitted, or fitted by the previous call).
+        classes = np.unique(labeled_y)
+        if len(classes) < 2:
             raise ValueError(
-                f"the labeled samples hold only 1 class ({self.classes_[0]!r}); a classifier needs labeled samples of "
+                f"the labeled samples hold only 1 class ({classes[0]!r}); a classifier needs labeled samples of "
                 "at least 2 classes"
             )
-        odd = [c for c in self.classes_.tolist() if isinstance(c, str) and c.strip().lower() in MARKER_LIKE]
+        odd = [c for c in classes.tolist() if isinstance(c, str) and c.strip().lower() in MARKER_LIKE]
         if odd:
             warnings.warn(
                 f"the label {odd[0]!r} is treated as a class; mark unlabeled rows with -1 or None instead",
@@ -176,13 +192,18 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
                 stacklevel=2,
             )
         y_index = np.full(len(y), UNLABELED, dtype=np.int64)
-        y_index[~unlabeled] = np.searchsorted(self.classes_, labeled_y)
+        y_index[~unlabeled] = np.searchsorted(classes, labeled_y)
 
         x = self._to_tensor(X)
-        self.input_shape_ = tuple(x.shape[1:])
+        input_shape = tuple(x.shape[1:])
         modality = "vector" if x.ndim == 2 else "image"
-        algorithm = self.algorithm
-        if not unlabeled.any() and algorithm != "supervised" and not is_classic(algorithm):
+        if not unlabeled.any() and is_classic(algorithm):
+            warnings.warn(
+                f"y holds no unlabeled sample (-1): {algorithm!r} fits the labeled samples alone",
+                UserWarning,
+                stacklevel=2,
+            )
+        elif not unlabeled.any() and algorithm != "supervised":
             warnings.warn(
                 f"y holds no unlabeled sample (-1), so there is nothing for {algorithm!r} to learn from: "
                 "training 'supervised' on the labels alone",
@@ -194,32 +215,40 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             name=IN_MEMORY,
             x_train=x,
             y_train=torch.from_numpy(y_index),
-            classes=[str(c) for c in self.classes_],
+            classes=[str(c) for c in classes],
             modality=modality,
             hflip=bool(self.hflip),
-            default_model=auto_model(self.input_shape_),
+            default_model=auto_model(input_shape),
             labels_are_given=True,
         )
-        self._fit_bundle(bundle, algorithm)
+        fitted = self._fit_bundle(bundle, algorithm)
+        self.classes_, self.input_shape_ = classes, input_shape
+        for name, value in fitted.items():
+            setattr(self, name, value)
         return self
 
-    def _fit_bundle(self, bundle: DataBundle, algorithm: str) -> None:
+    def _fit_bundle(self, bundle: DataBundle, algorithm: str) -> dict[str, Any]:
+        """Train on `bundle`; returns the fitted attributes (set by `fit` once everything succeeded)."""
         from fewlabels.engine.trainer import train
 
         cfg = self._config(algorithm)
         # Each fit trains afresh: in its own new subfolder of `out` (clones in a grid search share `out`), or in a
         # temporary folder. The engine seeds torch; the caller's global torch RNG is left as it was.
-        with tempfile.TemporaryDirectory(prefix="fewlabels-fit-") as tmp, torch.random.fork_rng(devices=[]):
+        # (CUDA's generators too, where the caller has set CUDA up: the engine's torch.manual_seed reseeds them.)
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with tempfile.TemporaryDirectory(prefix="fewlabels-fit-") as tmp, torch.random.fork_rng(devices=cuda):
             if self.out is not None:
                 Path(self.out).mkdir(parents=True, exist_ok=True)
                 folder = Path(tempfile.mkdtemp(prefix="fit-", dir=self.out))
             else:
                 folder = Path(tmp) / "run"
             run = train(cfg.override(out=str(folder)), data=bundle)
-            self.summary_ = run.summary
-            self.model_ = None if is_classic(algorithm) else run.load_model("model")
-            self.classic_ = run.classic_model
-            self.run_path_ = str(folder) if self.out is not None else None
+            return {
+                "summary_": run.summary,
+                "model_": None if is_classic(algorithm) else run.load_model("model"),
+                "classic_": run.classic_model,
+                "run_path_": str(folder) if self.out is not None else None,
+            }
 
     def _config(self, algorithm: str) -> Any:
         """The engine config: `config` (dotted keys or a YAML path) under the estimator's own parameters."""
@@ -239,20 +268,28 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             "train.progress": bool(self.verbose),
         }
         if isinstance(self.config, Mapping):
-            params = {**PARAMETER_OF, "algorithm.name": "algorithm", "algorithm": "algorithm"}
-            clash = [k for k in self.config if k in own or k in params or k == "out"]
-            if clash:
-                where = params.get(clash[0], "out" if clash[0] == "out" else "the estimator")
-                raise ConfigError(
-                    f"config sets {clash[0]!r}, which the estimator's parameter {where!r} decides: "
-                    f"pass {where}=... instead"
-                )
+            params = {**PARAMETER_OF, "algorithm.name": "algorithm", "out": "out"}
+            for key in _dotted_keys(self.config):
+                if key == "data.dataset":
+                    raise ConfigError("config sets 'data.dataset', but the estimator trains on fit(X, y): drop it")
+                if key == "data.classes":
+                    raise ConfigError(
+                        "config sets 'data.classes', which the estimator does not apply: keep the rows of the "
+                        "classes you want in X and y before fit"
+                    )
+                if key in params:
+                    where = params[key]
+                    raise ConfigError(
+                        f"config sets {key!r}, which the estimator's parameter {where!r} decides: pass {where}=... "
+                        "instead"
+                    )
             # Dotted algorithm options of the mapping ("algorithm.threshold") belong to the estimator's algorithm.
             base = resolve_config(None, **{"algorithm.name": self.algorithm, **self.config})
         else:
             base = resolve_config(self.config)  # a YAML path (its values yield to the parameters) or None
         overrides: dict[str, Any] = dict(own)
-        if algorithm != self.algorithm:  # the supervised fallback: the configured algorithm's options do not apply
+        if algorithm != resolve_algorithm_name(self.algorithm):  # the supervised fallback: the configured
+            # algorithm's options do not apply
             overrides["algorithm"] = {"name": algorithm, "options": {}}
             base = base.override(**{"algorithm.name": algorithm})
         else:  # merged with the config's options for the same algorithm
@@ -268,6 +305,8 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         if isinstance(rs, np.random.RandomState):
             return int(rs.randint(2**31 - 1))
         if isinstance(rs, (int, np.integer)) and not isinstance(rs, bool):
+            if not 0 <= int(rs) < 2**32:
+                raise ConfigError(f"random_state must be an integer in [0, 2**32), got {rs}")
             return int(rs)
         raise ConfigError(f"random_state must be an int, None or a numpy RandomState, got {rs!r}")
 
@@ -351,10 +390,13 @@ def _numeric(X: np.ndarray) -> np.ndarray:
 
 
 def _missing_to_none(y: Any) -> Any:
-    """NaN in object labels (an empty cell read by pandas) as None, an unlabeled marker, so validation passes it."""
+    """NaN labels (an empty cell read by pandas) as unlabeled markers, so validation passes them: None in object
+    labels, -1 in float labels."""
     arr = np.asarray(y) if not hasattr(y, "dtype") or getattr(y, "ndim", 1) == 1 else y
     if getattr(arr, "dtype", None) is not None and arr.dtype.kind == "O" and arr.ndim == 1:
         return np.array([None if _is_missing(v) else v for v in arr.tolist()], dtype=object)
+    if getattr(arr, "dtype", None) is not None and arr.dtype.kind == "f" and arr.ndim == 1:
+        return np.where(np.isnan(arr), float(UNLABELED), arr)
     return y
 
 

@@ -15,6 +15,7 @@ can run code when loaded, so it never opens them.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import io
@@ -64,7 +65,9 @@ def _version() -> str:
 def _check_format(format: str) -> str:
     fmt = str(format).strip().lower()
     if fmt not in FORMATS:
-        raise ConfigError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}")
+        close = difflib.get_close_matches(fmt, list(FORMATS), n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"unknown export format {format!r}: {hint}choose one of {', '.join(FORMATS)}")
     return fmt
 
 
@@ -152,6 +155,11 @@ def _target(run: Run, fmt: str, out: str | os.PathLike[str] | None, which: str) 
         return run.path / "export" / default_name
     path = Path(out).expanduser()
     # A folder: an existing one, or a name that ends with a separator or has no suffix (created here).
+    if path.exists() and not path.is_dir() and not path.suffix:
+        raise ConfigError(
+            f"--out {str(path)!r} is an existing file without a suffix: give a folder, or a file ending in "
+            f"{' or '.join(FORMATS[fmt])}"
+        )
     if path.is_dir() or str(out).endswith(("/", os.sep)) or not path.suffix:
         path.mkdir(parents=True, exist_ok=True)
         return path / default_name

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from fewlabels.errors import ConfigError
+
 
 @contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
@@ -16,6 +18,8 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
     finished (after fsync; mode 0644, as a plain write would leave it under the usual umask, where mkstemp alone
     gives 0600). An exception leaves `path` as it was. Text modes write UTF-8 with newline=''."""
     target = Path(path).expanduser()
+    if target.is_dir():
+        raise ConfigError(f"{str(target)!r} is a folder; give the path of a file to write")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:

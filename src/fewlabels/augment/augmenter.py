@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -66,8 +67,19 @@ class Augmenter:
         if gen is None:
             gen = torch.Generator(device=device)
             gen.manual_seed(self.seed)
-            if key in self._pending:
-                gen.set_state(self._pending.pop(key))
+            # A checkpoint from another GPU index: CUDA generator states carry over between CUDA devices.
+            same_kind = [k for k in self._pending if torch.device(k).type == device.type]
+            saved = key if key in self._pending else same_kind[0] if len(same_kind) == 1 else None
+            if saved is not None:
+                gen.set_state(self._pending.pop(saved))
+            elif self._pending:
+                warnings.warn(
+                    f"the augmentation stream was saved on {', '.join(sorted(self._pending))}, and a {device.type} "
+                    f"generator cannot continue it: on {key} it restarts from seed {self.seed}, so this resumed "
+                    "run's augmentations differ from an uninterrupted run's",
+                    UserWarning,
+                    stacklevel=2,
+                )
             self._generators[key] = gen
         return gen
 

@@ -105,7 +105,7 @@ def solarize(x: Tensor, threshold: Tensor) -> Tensor:
 def equalize(x: Tensor, magnitude: Tensor | None = None) -> Tensor:
     """Equalize each sample's channels through their 256-bin histograms (PIL ImageOps.equalize)."""
     n, c, h, w = x.shape
-    q = _quantize(x).long().view(n * c, h * w)
+    q = _quantize(x).long().reshape(n * c, h * w)
     hist = torch.zeros(n * c, 256, dtype=torch.long, device=x.device)
     hist.scatter_add_(1, q, torch.ones_like(q))
     # PIL's step leaves out the count of the highest occupied bin, so that bin always maps to 255 or above.

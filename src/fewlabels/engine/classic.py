@@ -48,9 +48,12 @@ def fit_classic(cfg: Config, bundle: DataBundle | None = None, *, resume: bool =
         return Run(folder)
     prepare_folder(cfg, folder, resume=False, info=DistInfo())
     d = cfg.data
+    in_memory = bundle is not None
     bundle = bundle if bundle is not None else load_data(d)
     split = make_split(bundle, d.labels_per_class, d.num_labels, d.val_per_class, seed=cfg.train.seed)
-    check_unlabeled(split, True)
+    # The estimator's arrays may hold no unlabeled row: scikit-learn's methods then fit the labels alone, as
+    # scikit-learn's own do (the estimator warns). From a dataset an empty pool is a mistake in the settings.
+    check_unlabeled(split, not in_memory)
     split.save(folder / "split.json")
 
     start = time.perf_counter()  # as for a deep run: the fit and its evaluation, not the data loading

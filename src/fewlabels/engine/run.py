@@ -96,6 +96,10 @@ class Run:
 
     def model_info(self, which: str = "model") -> dict[str, Any]:
         """What `save_model` recorded about the model; a classic baseline's run keeps none (a ConfigError)."""
+        if which not in ("model", "best"):
+            raise ConfigError(
+                f"which must be 'model' (the final EMA model) or 'best' (the best on validation), got {which!r}"
+            )
         path = self.path / f"{which}.json"
         if not path.exists():
             self._refuse_classic()

@@ -35,6 +35,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def amp_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype for train.amp_dtype on a CUDA device: 'auto' is bf16 where the GPU runs it natively
+    (compute capability 8, Ampere, and later; older GPUs only emulate it, slowly) and fp16 elsewhere."""
+    if name == "bf16":
+        return torch.bfloat16
+    if name == "fp16":
+        return torch.float16
+    return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+
+
 def default_out(cfg: Config) -> str:
     """runs/<dataset>-<algorithm>-<labels>-s<seed>."""
     data = cfg.data
@@ -190,9 +200,7 @@ def build_context(cfg: Config, info: DistInfo, resume: bool, bundle: DataBundle 
 
     autocast_dtype, scaler = None, None
     if cfg.train.amp and device.type == "cuda":
-        # Native bf16 needs compute capability 8 (Ampere); older GPUs only emulate it, slowly: use fp16 there.
-        native_bf16 = torch.cuda.get_device_capability(device)[0] >= 8
-        autocast_dtype = torch.bfloat16 if native_bf16 else torch.float16
+        autocast_dtype = amp_dtype(cfg.train.amp_dtype, device)
         if autocast_dtype == torch.float16:
             scaler = torch.amp.GradScaler("cuda")
 
