@@ -49,7 +49,6 @@ METADATA_KEY = "fewlabels"
 TORCHSCRIPT_EXTRA_FILE = "fewlabels.json"
 """Name of the JSON metadata among a TorchScript file's extra files."""
 INSTALL_HINT = "pip install 'fewlabels[export]'"
-_WHICH = ("model", "best")
 _EXAMPLE_BATCH = 2  # not 1: torch.export would specialise a batch axis of size 1 instead of keeping it dynamic
 
 
@@ -69,12 +68,6 @@ def _check_format(format: str) -> str:
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ConfigError(f"unknown export format {format!r}: {hint}choose one of {', '.join(FORMATS)}")
     return fmt
-
-
-def _check_which(which: str) -> str:
-    if which not in _WHICH:
-        raise ConfigError(f"which must be 'model' (final EMA model) or 'best' (best on validation), got {which!r}")
-    return which
 
 
 def _require(*modules: str, purpose: str) -> list[Any]:
@@ -122,7 +115,7 @@ def export_metadata(run: str | Path | Run, which: str = "model", format: str = "
     """
     run = run if isinstance(run, Run) else Run(run)
     fmt = _check_format(format)
-    info = run.model_info(_check_which(which))
+    info = run.model_info(which)  # checks `which` too
     shape = [int(s) for s in info["input_shape"]]
     summary = run.summary
     outputs = {"onnx": ["logits", "probabilities"], "torchscript": ["logits"], "safetensors": ["logits"]}[fmt]
