@@ -23,6 +23,7 @@ import torch
 
 import fewlabels
 from fewlabels.config import parse_duration
+from fewlabels.io import atomic_open, atomic_write_text
 
 RESULTS = Path(__file__).parent / "results"
 ALGORITHMS = ["supervised", "fixmatch", "flexmatch", "freematch", "softmatch"]
@@ -119,7 +120,7 @@ def mean_std(values: list[float]) -> str:
 
 
 def write_report(rows: list[dict], args: argparse.Namespace, wall: float, stem: Path) -> str:
-    with open(f"{stem}.csv", "w", newline="") as f:
+    with atomic_open(f"{stem}.csv") as f:  # the CSV is how the protocol resumes: never half written
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         for r in rows:
@@ -132,6 +133,7 @@ def write_report(rows: list[dict], args: argparse.Namespace, wall: float, stem: 
         ),
         "unknown CPU",
     )
+    budgets = sorted({str(r["budget"]) for r in rows}) or [args.budget]
     lines = [
         "# Accuracy: FixMatch family vs labels only",
         "",
@@ -139,7 +141,8 @@ def write_report(rows: list[dict], args: argparse.Namespace, wall: float, stem: 
         f"2-core machine of the same kind): {cpu}, {torch.get_num_threads()} torch threads, "
         f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; "
         f"torch {torch.__version__}.",
-        f"Budget {args.budget} of wall-clock per run (the schedule is fitted to it); the seeds each cell has "
+        f"Budget {', '.join(budgets)} of wall-clock per run (the schedule is fitted to it; cells of different "
+        "budgets are listed apart); the seeds each cell has "
         "finished are in its row (the protocol asks for 0, 1 and 2); default model and augmentation of each "
         f"dataset; wall time of this invocation {wall / 60:.0f} min.",
         "Cells finished in earlier sessions are read back from the CSV; the wall time counts this session only.",
@@ -151,9 +154,14 @@ def write_report(rows: list[dict], args: argparse.Namespace, wall: float, stem: 
     ]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["dataset"], str(r["labels_per_class"]), r["algorithm"]), []).append(r)
-    for (dataset, lpc, algorithm), rs in sorted(groups.items(), key=lambda item: _order(*item[0])):
+        key = (r["dataset"], str(r["labels_per_class"]), r["algorithm"], str(r["budget"]))
+        groups.setdefault(key, []).append(r)
+    for (dataset, lpc, algorithm, budget), rs in sorted(
+        groups.items(), key=lambda item: (*_order(*item[0][:3]), parse_duration(item[0][3]))
+    ):
         num = rs[0].get("num_labels")
+        if len(budgets) > 1:
+            algorithm = f"{algorithm} ({budget})"
         seeds = ", ".join(str(r["seed"]) for r in sorted(rs, key=lambda r: int(r["seed"])))
         lines.append(
             f"| {dataset} | {lpc}/class ({num}) | {algorithm} | {seeds} | "
@@ -163,7 +171,7 @@ def write_report(rows: list[dict], args: argparse.Namespace, wall: float, stem: 
             f"{statistics.mean(r['steps'] for r in rs):.0f} | {statistics.mean(r['wall_seconds'] for r in rs):.0f} |"
         )
     text = "\n".join(lines) + "\n"
-    Path(f"{stem}.md").write_text(text)
+    atomic_write_text(f"{stem}.md", text)
     return text
 
 

@@ -1,8 +1,8 @@
 """Noisy Student on Fashion-MNIST at 10 labels per class: test accuracy of the teacher and of each iteration's
 student, with noise and without (the ablation). Every stage trains for the same number of steps.
 
-    python benchmarks/noisy_student.py                 # seeds 0, 2 iterations, 2000 steps per stage
-    python benchmarks/noisy_student.py --seeds 0 1 2   # resumable: finished stages are skipped
+    python benchmarks/noisy_student.py                 # seeds 0-2, 2 iterations, 2000 steps per stage
+    python benchmarks/noisy_student.py --seeds 0       # resumable: finished stages are skipped
 
 Writes benchmarks/results/noisy_student.{csv,md}; the pipelines live in benchmarks/work/noisy-student/.
 """
@@ -26,7 +26,7 @@ FIELDS = ["seed", "noise", "stage", "model", "test_accuracy", "test_accuracy_med
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="finished stages are read back")
     p.add_argument("--steps", type=int, default=2000, help="optimizer steps of every stage")
     p.add_argument("--iterations", type=int, default=2)
     p.add_argument("--labels-per-class", type=int, default=10)
@@ -97,8 +97,10 @@ def main() -> None:
         cells = []
         for noise in (True, False):
             values = [100 * r["test_accuracy"] for r in rows if r["stage"] == stage and r["noise"] == noise]
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.1f} ± {std:.1f}" if values else "-")
+            if len(values) > 1:
+                cells.append(f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}")
+            else:  # one seed: no spread to report
+                cells.append(f"{values[0]:.1f}" if values else "-")
         lines.append(f"| {stage} | {cells[0]} | {cells[1]} |")
     text = "\n".join(lines) + "\n"
     atomic_write_text(results / "noisy_student.md", text)

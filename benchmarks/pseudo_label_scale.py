@@ -215,7 +215,9 @@ def child(args: argparse.Namespace) -> None:
 
 def write_results(rows: list[dict], stem: Path, teacher: str, shape_note: str) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{stem}.csv", "w", newline="") as f:
+    from fewlabels.io import atomic_open, atomic_write_text
+
+    with atomic_open(f"{stem}.csv") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -254,7 +256,7 @@ def write_results(rows: list[dict], stem: Path, teacher: str, shape_note: str) -
         "Reproduce: `python benchmarks/pseudo_label_scale.py`",
         "",
     ]
-    Path(f"{stem}.md").write_text("\n".join(md))
+    atomic_write_text(f"{stem}.md", "\n".join(md))
     print("\n".join(md))
 
 

@@ -71,6 +71,12 @@ def main() -> None:
     args = p.parse_args()
     csv_path = args.results.with_suffix(".csv")
     rows = list(csv.DictReader(csv_path.open())) if csv_path.exists() else []
+    other = sorted({r["steps"] for r in rows if r["method"] in ("fixmatch", "supervised")} - {str(args.steps)})
+    if other:  # the summary states one step count; rows of another would be averaged in under it
+        raise SystemExit(
+            f"{csv_path} holds fewlabels fits of {', '.join(other)} steps, not --steps {args.steps}: pass "
+            f"--steps {other[0]}, or write elsewhere with --results"
+        )
     if args.report_only:
         write(rows, args.results, args)
         return

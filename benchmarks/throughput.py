@@ -3,8 +3,9 @@
 fewlabels: uint8 batches indexed on the device, batched per-sample augmentation there, the weak view under no_grad,
 channels_last; the real engine step (`fewlabels.engine.trainer._train_step`).
 Conventional (USB/TorchSSL style): a DataLoader whose workers apply per-image torchvision transforms (flip, reflect
-pad-and-crop, RandAugment(2 ops) + Cutout as RandomErasing) to PIL images, then one train-mode forward over the
-concatenated labeled, weak and strong views with gradients for all of them.
+pad-and-crop, RandAugment(2 ops) + Cutout as RandomErasing) to PIL images (the labeled images get the weak view
+only, as in USB), then one train-mode forward over the concatenated labeled, weak and strong views with gradients
+for all of them.
 Same model, batch and optimizer; both measured in one process run, after warm-up steps. Writes
 benchmarks/results/throughput.{csv,md}.
 
@@ -32,15 +33,18 @@ from fewlabels.config import Config
 from fewlabels.engine import trainer
 from fewlabels.engine.distributed import DistInfo
 from fewlabels.engine.setup import build_context, resolve_device
+from fewlabels.io import atomic_open, atomic_write_text
 
 RESULTS = Path(__file__).parent / "results"
 
 
 class ConventionalSSLDataset(Dataset):
-    """Per-image PIL transforms, as in USB's BasicDataset: returns (weak, strong) views of one image."""
+    """Per-image PIL transforms, as in USB's BasicDataset: the (weak, strong) views of one image, or with
+    `strong=False` (the labeled batch) only the weak view."""
 
-    def __init__(self, x: np.ndarray, hflip: bool) -> None:
+    def __init__(self, x: np.ndarray, hflip: bool, strong: bool = True) -> None:
         self.x = x
+        self.with_strong = strong
         size = x.shape[-1]
         mode = "L" if x.shape[1] == 1 else "RGB"
         self.mode = mode
@@ -59,10 +63,10 @@ class ConventionalSSLDataset(Dataset):
     def __len__(self) -> int:
         return len(self.x)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
         arr = self.x[i]
         img = Image.fromarray(arr[0] if self.mode == "L" else arr.transpose(1, 2, 0), self.mode)
-        return self.weak(img), self.strong(img)
+        return (self.weak(img), self.strong(img)) if self.with_strong else self.weak(img)
 
 
 def hardware() -> str:
@@ -105,7 +109,7 @@ def measure_conventional(cfg: Config, steps: int, warmup: int, workers: int) -> 
         persistent_workers=workers > 0,
     )
     loader_l = DataLoader(
-        ConventionalSSLDataset(x, ctx.bundle.hflip),
+        ConventionalSSLDataset(x, ctx.bundle.hflip, strong=False),  # labeled images: the weak view only
         batch_size=b,
         shuffle=True,
         num_workers=workers,
@@ -119,7 +123,7 @@ def measure_conventional(cfg: Config, steps: int, warmup: int, workers: int) -> 
     model.train()
     for step in range(warmup + steps):
         tick = time.perf_counter()
-        (x_l, _), (u_w, u_s) = next(it_l), next(it_u)
+        x_l, (u_w, u_s) = next(it_l), next(it_u)
         y_l = y[:b].to(device)
         inputs = torch.cat([x_l, u_w, u_s]).to(device)
         logits = model(inputs)
@@ -134,6 +138,8 @@ def measure_conventional(cfg: Config, steps: int, warmup: int, workers: int) -> 
         loss.backward()
         optimizer.step()
         ctx.ema.update(model)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # as the fewlabels step does before it stops its clock
         if step >= warmup:
             times.append(time.perf_counter() - tick)
     return statistics.median(times)
@@ -193,7 +199,7 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"throughput{args.tag}"
-    with open(f"{stem}.csv", "w", newline="") as f:
+    with atomic_open(f"{stem}.csv") as f:
         writer = csv.DictWriter(f, fieldnames=list(row))
         writer.writeheader()
         writer.writerow(row)
@@ -204,17 +210,18 @@ def main() -> None:
         f"Dataset {args.dataset}, model {args.model}, batch {row['batch']} images, median of {args.steps} timed "
         f"steps after {args.warmup} warm-up steps; wall time {row['wall_seconds']} s.",
         "",
-        "| pipeline | step (s) | images/s |",
+        "| pipeline | step (s) | images/s (labeled + unlabeled images per step / step time) |",
         "|---|---|---|",
         f"| fewlabels (batched on-device augmentation, no-grad weak pass) | {row['fewlabels_step_s']} | "
         f"{row['fewlabels_img_per_s']} |",
-        f"| conventional (per-image torchvision in {args.workers} DataLoader workers, one forward) | "
+        f"| conventional (per-image torchvision in {args.workers} DataLoader workers: weak view of the labeled "
+        "images, weak and strong of the unlabeled; one forward) | "
         f"{row['conventional_step_s']} | {row['conventional_img_per_s']} |",
         "",
         f"Speed-up: **{row['speedup']}x**.",
         "",
     ]
-    Path(f"{stem}.md").write_text("\n".join(md))
+    atomic_write_text(f"{stem}.md", "\n".join(md))
     print("\n".join(md))
 
 

@@ -7,13 +7,12 @@ python examples/demo.py --dataset digits --labels-per-class 4 --budget 30s
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 from pathlib import Path
 
-import torch
-
 import fewlabels
+from fewlabels.benchmark import hardware_line
+from fewlabels.io import atomic_write_text
 
 
 def main() -> None:
@@ -61,9 +60,9 @@ def main() -> None:
     if args.results:
         header = (
             f"# make demo\n\n{args.dataset}, {args.labels_per_class} labels per class, seed {args.seed}, "
-            f"budget {args.budget} per run, {os.cpu_count()} CPU cores, torch {torch.__version__}.\n\n"
+            f"budget {args.budget} per run; hardware: {hardware_line()}.\n\n"
         )
-        Path(args.results).write_text(header + table + "\n")
+        atomic_write_text(args.results, header + table + "\n")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from fewlabels.algorithms.thresholds import (
     TruncatedGaussianWeight,
 )
 from fewlabels.engine.checkpoint import flatten, unflatten
-from fewlabels.errors import ConfigError
+from fewlabels.errors import ConfigError, check_options, did_you_mean
 
 
 class Echo(nn.Module):
@@ -67,6 +67,28 @@ def test_unknown_algorithm_and_option_are_named_with_suggestions():
         create_algorithm("fixmatc", num_classes=2)
     with pytest.raises(ConfigError, match="threshold"):
         create_algorithm("fixmatch", num_classes=2, treshold=0.9)
+
+
+def test_suggestions_name_close_matches_only():
+    assert did_you_mean("treshold", ["threshold", "temperature"]) == "did you mean 'threshold'? "
+    assert did_you_mean("xyz", ["threshold", "temperature"]) == ""
+    assert did_you_mean("lr", ["lr_a", "lr_b", "lr_c"], n=2).count("'lr_") == 2
+    check_options("fixmatch", ["threshold"], ["threshold", "temperature"])  # a valid name passes
+    with pytest.raises(ConfigError, match=r"^algorithm 'x' has no option 'b': its options are: none$"):
+        check_options("x", ["b"], [])
+
+
+def test_softmatch_alignment_stays_finite_when_a_class_mean_is_zero():
+    weight = TruncatedGaussianWeight(num_classes=3)
+    probs = torch.tensor([[0.6, 0.4, 0.0], [0.3, 0.7, 0.0]])  # class 2 never predicted: its mean is exactly 0
+    w = weight(probs)
+    assert torch.allclose(weight.class_probs, torch.tensor([0.45, 0.55, 0.0]))
+    # aligned rows (by hand): [0.6/0.45, 0.4/0.55, 0] and [0.3/0.45, 0.7/0.55, 0], each normalised
+    a0, a1 = torch.tensor([0.6 / 0.45, 0.4 / 0.55]), torch.tensor([0.3 / 0.45, 0.7 / 0.55])
+    aligned = torch.stack([torch.cat([a / a.sum(), torch.zeros(1)]) for a in (a0, a1)])
+    assert torch.allclose(weight._align(probs), aligned, atol=1e-5)
+    # both confidences (0.647, 0.656) lie above the running mean (about 1/3): full weight, not NaN
+    assert torch.equal(w, torch.ones(2))
 
 
 def test_supervised_loss_is_cross_entropy():

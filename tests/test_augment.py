@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image as image_mod
 
 from fewlabels.augment import (
     RANDAUGMENT_OPS,
@@ -157,7 +158,6 @@ INEXACT_CASES = {"auto_contrast", "brightness", "color", "contrast", "sharpness"
 @pytest.mark.parametrize("case", PIL_CASES)
 @pytest.mark.parametrize("shape", [(1, 32, 32), (3, 17, 23), (3, 8, 8)])
 def test_op_matches_pil(case, shape):
-    image_mod = pytest.importorskip("PIL.Image")
     torch_op, pil_op, magnitude = _pil_cases()[case]
     c, h, w = shape
     x = image_u8(1, c, h, w, seed=3)

@@ -169,6 +169,9 @@ def test_second_call_trains_nothing_and_report_can_be_rebuilt(grid, monkeypatch)
     again = run_benchmark(out, overrides=FAST, jobs=2, **GRID)  # jobs=2 would spawn subprocesses for any work
     assert again.trained == [] and again.resumed == [] and len(again.skipped) == 10
     assert again.rows == first.rows
+    # A call that trains nothing leaves the hardware of the calls that did (one process, not jobs=2).
+    assert json.loads((out / "benchmark.json").read_text())["environment"]["jobs"] == 1
+    assert "in parallel" not in (out / "report.md").read_text()
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/summary.json")} == mtimes
     # The report is rewritten from the run folders alone.
     for name in ("results.csv", "report.md", "accuracy_vs_labels.png"):
@@ -190,6 +193,14 @@ def test_a_different_config_in_the_same_folder_is_refused(grid, monkeypatch):
     with pytest.raises(ConfigError, match="dataset 'digits', not 'mnist1d'"):
         run_benchmark(out, overrides=FAST, **{**GRID, "dataset": "mnist1d"})
     assert (out / "benchmark.json").read_text() == stored
+    # The device is display-only under a step count, but under a wall-clock budget it sets the steps a cell makes.
+    old = json.loads(stored)
+    old["config"]["train"].update(budget="10m", device="cpu")
+    new = json.loads(json.dumps(old))
+    benchmark._merge_meta(old, new, out)  # the same device: fine
+    new["config"]["train"]["device"] = "cuda"
+    with pytest.raises(ConfigError, match=r"train.device: 'cpu' -> 'cuda' under a budget"):
+        benchmark._merge_meta(old, new, out)
 
 
 def test_settings_added_to_the_config_later_read_as_their_defaults(grid, monkeypatch, tmp_path):
@@ -371,3 +382,9 @@ def test_accuracy_protocol_report_lists_each_cells_seeds_and_hand_computed_sprea
     assert "| 93.0 ± 4.2 |" in table[2] and "| 50.0 | 50.0 |" in table[0]
     again = protocol.load_rows(tmp_path / "acc")  # the CSV written beside it reads back as the same cells
     assert len(again) == 4 and again[("digits", "4", "fixmatch", "1", "15m")]["test_accuracy"] == 0.90
+    # A cell of another budget in the same CSV is listed apart, never averaged with the 15-minute runs.
+    short = {**row("digits", 4, "fixmatch", 2, 0.10), "budget": "3m"}
+    text = protocol.write_report([*rows, short], args, 0.0, tmp_path / "mixed")
+    assert "Budget 15m, 3m" in text
+    assert "| digits | 4/class (40) | fixmatch (15m) | 0, 1 | 93.0 ± 4.2 |" in text
+    assert "| digits | 4/class (40) | fixmatch (3m) | 2 | 10.0 |" in text

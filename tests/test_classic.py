@@ -202,6 +202,9 @@ def test_an_interrupted_fit_starts_afresh_on_resume(tmp_path, monkeypatch):
         fewlabels.train(**overrides)
     monkeypatch.undo()
     run = fewlabels.train(**overrides, resume=True)  # no checkpoint to continue: one fit is all it takes
+    whole = fewlabels.train(**{**overrides, "out": str(tmp_path / "whole")})  # never interrupted
+    for key in ("test_accuracy", "val_accuracy", "num_labels"):
+        assert run.summary[key] == whole.summary[key], key
     assert run.summary["test_accuracy"] > 0.5
 
 

@@ -188,7 +188,8 @@ def test_pi_model_gradient_flow(detach, second_view_grad):
     out = algo.step(Echo(), b, ctx())
     out.loss.backward()
     assert b.unlabeled["weak"].grad is not None and b.unlabeled["weak"].grad.abs().sum() > 0
-    assert (b.unlabeled["weak2"].grad is not None) == second_view_grad
+    second = b.unlabeled["weak2"].grad
+    assert (second is not None and second.abs().sum() > 0) == second_view_grad
 
 
 # --- Mean Teacher --------------------------------------------------------------------------------------------------
@@ -306,14 +307,22 @@ def test_vat_loss_by_hand_and_gradient_flow():
     algo = create_algorithm("vat", 2, 3, eps=0.3, entmin_weight=0.1)
     torch.manual_seed(0)
     out = algo.step(model, batch({"weak": U1}), ctx())
-    u, target = torch.tensor(U1), torch.tensor([softmax(r) for r in U1])
+    # By hand: with logits = x, the gradient of KL(p || softmax(x + xi d)) in d is xi (softmax(x + xi d) - p), so
+    # one power iteration from the random unit direction d0 points along q - p; r_adv is that at norm eps.
+    u, x_l = torch.tensor(U1), torch.tensor(X_L)
+    p = u.softmax(-1)
     torch.manual_seed(0)
-    r_adv = adversarial_perturbation(Echo(1.0), u, target, eps=0.3)
-    kl = kl_divergence(target, u + r_adv).mean().item()
-    ent = -sum(sum(p * math.log(p) for p in softmax(r)) for r in U1) / 3
-    assert out.loss.item() == pytest.approx(LOSS_L + 0.3 * kl + 0.1 * ent, rel=1e-5)
+    d0 = torch.randn(3, 2)
+    g = (u + 1e-3 * d0 / d0.norm(dim=1, keepdim=True)).softmax(-1) - p
+    r = 0.3 * g / g.norm(dim=1, keepdim=True)
+    s = torch.tensor(1.0, requires_grad=True)  # the model's scale, for the gradient by hand
+    q = (s * u).softmax(-1)
+    kl = (p * (p.log() - (s * (u + r)).log_softmax(-1))).sum(-1).mean()
+    hand = F.cross_entropy(s * x_l, torch.tensor(Y_L)) + 0.3 * kl + 0.1 * -(q * q.log()).sum(-1).mean()
+    assert out.loss.item() == pytest.approx(hand.item(), rel=1e-4)
     out.loss.backward()
-    assert model.scale.grad is not None
+    hand.backward()  # the target and r_adv are constants: the gradient flows through the two training terms only
+    assert model.scale.grad.item() == pytest.approx(s.grad.item(), rel=1e-3)
 
 
 def test_vat_target_is_float32_under_autocast(monkeypatch):
@@ -349,6 +358,23 @@ def test_vat_adversarial_passes_leave_batchnorm_statistics_alone():
     create_algorithm("vat", 2, 3).step(model, batch({"weak": U1}), ctx())
     # one no-grad target pass + one training pass; the power iteration's pass is not counted
     assert model[0].num_batches_tracked.item() == 2
+
+
+def test_vat_target_and_power_iteration_run_without_dropout():
+    class Spy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.drop, self.linear, self.modes = nn.Dropout(0.5), nn.Linear(2, 2), []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.modes.append(self.drop.training)
+            return self.linear(self.drop(x))
+
+    model = Spy()
+    create_algorithm("vat", 2, 3).step(model, batch({"weak": U1}), ctx())
+    # the clean target and the power iteration see one function; the training pass keeps its dropout
+    assert model.modes[:2] == [False, False] and len(model.modes) > 2 and all(model.modes[2:])
+    assert model.drop.training
 
 
 # --- MixMatch ------------------------------------------------------------------------------------------------------

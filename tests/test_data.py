@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 import warnings
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from fewlabels.api import fit_inputs
 from fewlabels.data import (
     DATASETS,
     DataBundle,
@@ -36,7 +38,7 @@ from fewlabels.data import (
     load_dataset,
     make_split,
 )
-from fewlabels.data.formats import image_files_under, manifest_paths
+from fewlabels.data.formats import image_files_under, manifest_paths, sort_class_names
 from fewlabels.data.sources import DEBIAN_FASHION_MNIST, FASHION_MNIST_CLASSES, read_idx
 from fewlabels.errors import ConfigError, DataError
 
@@ -161,7 +163,7 @@ def test_fashion_mnist_in_torchvision_layout_and_download_path(tmp_path: Path, m
     import torchvision.datasets
 
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", FakeFashionMNIST)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="Fashion-MNIST files .* not found"):
         load_dataset("fashion-mnist", root=str(tmp_path), download=False)
     assert calls == []
     b = load_dataset("fashion-mnist", root=str(tmp_path), download=True)
@@ -171,12 +173,20 @@ def test_fashion_mnist_in_torchvision_layout_and_download_path(tmp_path: Path, m
     assert len(calls) == 1
 
 
-def test_fashion_mnist_missing_files_message(tmp_path: Path) -> None:
+def test_fashion_mnist_missing_files_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fewlabels.data import sources
+
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", str(tmp_path / "no-package"))
     with pytest.raises(DataError) as e:
         load_dataset("fashion-mnist", root=str(tmp_path / "nowhere"))
     msg = str(e.value)
     assert str(tmp_path / "nowhere") in msg
     assert "apt-get install dataset-fashion-mnist" in msg and "--data-root" in msg and "--download" in msg
+    # With the system package installed, the fix is to stop pointing elsewhere.
+    write_fashion_mnist(tmp_path / "package", n_train=20, n_test=10)
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", str(tmp_path / "package"))
+    with pytest.raises(DataError, match=r"drop --data-root to read the system package's copy in .*package"):
+        load_dataset("fashion-mnist", root=str(tmp_path / "nowhere"))
 
 
 def test_idx_reader_rejects_truncated_and_foreign_files(tmp_path: Path) -> None:
@@ -191,6 +201,10 @@ def test_idx_reader_rejects_truncated_and_foreign_files(tmp_path: Path) -> None:
     junk.write_bytes(b"\x89PNG....")
     with pytest.raises(DataError, match="not an IDX file"):
         read_idx(junk)
+    header_cut = tmp_path / "header-cut"
+    header_cut.write_bytes(good.read_bytes()[:9])  # magic and 3 dimensions promised, 1 given in part
+    with pytest.raises(DataError, match="truncated inside its header"):
+        read_idx(header_cut)
 
 
 @pytest.mark.skipif(not Path(DEBIAN_FASHION_MNIST).is_dir(), reason="dataset-fashion-mnist is not installed")
@@ -449,6 +463,23 @@ def test_csv_val_label_outside_classes_names_row(tmp_path: Path) -> None:
     assert "add labeled training examples of it or fix the label" in msg
 
 
+def test_csv_refuses_a_file_in_two_splits_and_warns_on_marker_labels(tmp_path: Path) -> None:
+    for name in ("a", "b", "c"):
+        write_image(tmp_path / f"{name}.png", 5, mode="L")
+    csv = tmp_path / "m.csv"
+    csv.write_text("path,label,split\na.png,cat,train\nb.png,dog,train\n./a.png,cat,test\n")
+    with pytest.raises(DataError, match=r"a.png is listed as train \(row 2\) and as test \(row 4\).*one split"):
+        load_dataset(str(csv))
+    csv.write_text("path,label\na.png,cat\nb.png,-1\nc.png,-1\n")  # the .npz convention, not the CSV one
+    with pytest.warns(UserWarning, match=r"label '-1' \(2 rows\) is treated as a class.*leave their label empty"):
+        b = load_dataset(str(csv))
+    assert b.classes == ["-1", "cat"] and b.y_train.tolist() == [1, 0, 0]
+
+
+def test_integer_class_names_sort_the_same_in_every_process() -> None:
+    assert sort_class_names(["10", "01", "9", "1"]) == ["01", "1", "9", "10"]
+
+
 def test_csv_bad_header_and_bad_split(tmp_path: Path) -> None:
     csv = tmp_path / "m.csv"
     csv.write_text("file,class\na.png,cat\n")
@@ -495,8 +526,8 @@ def test_npz_image_layouts(tmp_path: Path, shape: tuple[int, ...], expected: tup
     np.savez(tmp_path / "imgs.npz", x=x, y=np.array([0, 1, -1, 1]))
     b = load_dataset(str(tmp_path / "imgs.npz"))
     assert b.modality == "image" and b.x_train.shape == expected and b.classes == ["0", "1"]
-    if len(shape) == 4 and shape[3] == 3:
-        assert np.array_equal(b.x_train.numpy(), x.transpose(0, 3, 1, 2))
+    nchw = x.transpose(0, 3, 1, 2) if shape[-1] == 3 else x.reshape(expected)  # HWC moved; the others in place
+    assert np.array_equal(b.x_train.numpy(), nchw)
 
 
 def test_npz_float_images_scaled_and_out_of_range_refused(tmp_path: Path) -> None:
@@ -509,6 +540,14 @@ def test_npz_float_images_scaled_and_out_of_range_refused(tmp_path: Path) -> Non
     np.savez(tmp_path / "g.npz", x=x * 255, y=np.array([0, 1]))
     with pytest.raises(DataError, match="divide by 255"):
         load_dataset(str(tmp_path / "g.npz"))
+    # Booleans are [0, 1] images: 0 or 255, the pixels `fewlabels predict` makes of the same array.
+    mask = np.zeros((2, 1, 4, 4), dtype=bool)
+    mask[1, 0, :2] = True
+    np.savez(tmp_path / "b.npz", x=mask, y=np.array([0, 1]))
+    b = load_dataset(str(tmp_path / "b.npz"))
+    assert b.x_train.dtype == torch.uint8 and sorted(b.x_train.unique().tolist()) == [0, 255]
+    assert np.array_equal(b.x_train.numpy(), mask.astype(np.uint8) * 255)
+    assert np.array_equal(b.x_train.numpy(), fit_inputs(mask, (1, 4, 4)))  # the same pixels as at prediction
 
 
 @pytest.mark.parametrize(
@@ -547,6 +586,21 @@ def test_npz_missing_y_and_test_labels_must_be_known(tmp_path: Path) -> None:
     np.savez(tmp_path / "t.npz", x=np.zeros((2, 3)), y=np.array([0, 1]), x_test=np.zeros((1, 3)), y_test=[-1])
     with pytest.raises(DataError, match="must be labeled"):
         load_dataset(str(tmp_path / "t.npz"))
+    np.savez(tmp_path / "u.npz", x=np.zeros((2, 3)), y=np.array([0, 1]), x_test=np.zeros((1, 3)))
+    with pytest.raises(DataError, match=r"has x_test without y_test: save both, e.g. np.savez\(path, ..., x_test="):
+        load_dataset(str(tmp_path / "u.npz"))
+
+
+def test_channel_stats_match_a_float_computation_and_are_cached() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (9000, 3, 4, 4), dtype=torch.uint8, generator=g)  # three chunks of rows
+    x[:, 2] = 7  # a constant channel keeps scale 1
+    b = DataBundle(name="t", x_train=x, y_train=torch.zeros(9000, dtype=torch.long), classes=["a"])
+    mean, std = b.channel_stats()
+    ref = x.double() / 255
+    assert mean == pytest.approx(ref.mean(dim=(0, 2, 3)).tolist(), abs=1e-6)
+    assert std[:2] == pytest.approx(ref.std(dim=(0, 2, 3))[:2].tolist(), abs=1e-6) and std[2] == 1.0
+    assert b.channel_stats() is b.channel_stats()  # computed once (vectors: test_estimator)
 
 
 # ================================================================================================= splits
@@ -736,6 +790,7 @@ def test_split_remembers_the_data_it_was_drawn_from(tmp_path: Path) -> None:
         "classes": dataclasses.replace(b, classes=["c0", "renamed"]),
         "images or features": dataclasses.replace(b, x_train=b.x_train + 1),
         "training rows then": _bundle([20, 20], unlabeled=11),
+        "validation or test set changed": dataclasses.replace(b, x_test=torch.zeros(3, 2), y_test=torch.arange(3) % 2),
     }
     for needle, other in changes.items():
         with pytest.raises(DataError, match=f"not the data this run's split was drawn from.*{needle}"):
@@ -747,6 +802,9 @@ def test_split_remembers_the_data_it_was_drawn_from(tmp_path: Path) -> None:
     legacy = {k: v for k, v in s.to_json().items() if k not in ("data", "checksum")}
     legacy["checksum"] = Split(**{k: legacy[k] for k in ("labeled", "unlabeled", "val", "seed")}).checksum()
     assert Split.from_json(legacy).data is None  # a split saved before fingerprints still loads
+    older = {**s.data}
+    del older["heldout_sha256"]  # a split saved before the held-out digest existed is not judged on it
+    dataclasses.replace(s, data=older).check_fits(dataclasses.replace(b, x_test=torch.zeros(3, 2), y_test=y[:3]))
 
 
 def test_checksum_depends_on_which_array_holds_an_index() -> None:
@@ -760,7 +818,7 @@ def test_split_is_frozen_and_checks_fit() -> None:
     s = make_split(b, labels_per_class=2)
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.seed = 3  # type: ignore[misc]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="read-only"):
         s.labeled[0] = 0
     s.check_fits(b)
     with pytest.raises(DataError, match="not the data this run's split was drawn from"):
@@ -791,18 +849,27 @@ def test_split_property_counts_disjointness_or_documented_error(
 ) -> None:
     b = _bundle(counts, unlabeled=unlabeled, given=given_labels)
     sizes = np.array(counts)
+    # The documented rules, by hand: which request is infeasible, and with which message.
+    if val_per_class is not None:
+        held = np.full(len(counts), val_per_class)
+        error = "use --val-per-class <=" if sizes.min() <= val_per_class else None
+    elif not given_labels:  # built-in sets: max(1, min(500, smallest class // 10)) per class
+        held = np.full(len(counts), max(1, min(500, int(sizes.min()) // 10)))
+        error = "too few to hold one out" if sizes.min() <= held[0] else None
+    else:  # user labels: a tenth of each class, or no validation when a class would keep fewer than 2
+        held = np.maximum(1, sizes // 10)
+        held = held if (sizes - held >= 2).all() else np.zeros_like(held)
+        error = None
+    if error is None and (sizes - held < labels_per_class).any():
+        error = "use --labels-per-class <="
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            s = make_split(b, labels_per_class=labels_per_class, val_per_class=val_per_class, seed=seed)
-        except DataError as e:
-            msg = str(e)
-            assert (
-                ("asked for" in msg and "use --labels-per-class <=" in msg)
-                or "use --val-per-class <=" in msg
-                or "too few to hold one out" in msg
-            ), msg
+        if error is not None:
+            with pytest.raises(DataError, match=re.escape(error)):
+                make_split(b, labels_per_class=labels_per_class, val_per_class=val_per_class, seed=seed)
             return
+        s = make_split(b, labels_per_class=labels_per_class, val_per_class=val_per_class, seed=seed)
+    assert _counts(b, s.val) == held.tolist()
     y = b.y_train.numpy()
     val_counts = np.array(_counts(b, s.val))
     assert (y[s.labeled] >= 0).all() and (y[s.val] >= 0).all()

@@ -71,6 +71,23 @@ def test_function_matching_feeds_the_same_mixed_image_to_both(teacher):
     )
 
 
+def test_tempered_loss_by_hand_keeps_the_t_squared_scale(teacher):
+    options = {"mode": "consistent", "temperature": 2.0, "lambda_l": 1.0}
+    algo = create_algorithm("distill", 10, 6, teacher=str(teacher.path), **options)
+    spy_t, student = with_spy_teacher(algo), Spy()
+    u = torch.rand(6, 1, 8, 8)
+    b = batch({"weak": u})
+    out = algo.step(student, b, ctx())
+    with torch.no_grad():
+        p = (spy_t.linear(u.flatten(1)) / 2).softmax(-1)
+        log_q = (student.linear(u.flatten(1)) / 2).log_softmax(-1)
+        kl = (p * (p.log() - log_q)).sum(-1).mean()
+        logits_l = student.linear(b.labeled.views["weak"].flatten(1))
+        ce = -logits_l.log_softmax(-1)[[0, 1], b.labeled.y].mean()
+    assert out.loss.item() == pytest.approx(4 * kl.item() + ce.item(), rel=1e-5)
+    assert out.logs["loss_u"].item() == pytest.approx(4 * kl.item(), rel=1e-5)
+
+
 def test_consistent_and_independent_views(teacher):
     u, u2 = torch.rand(6, 1, 8, 8), torch.rand(6, 1, 8, 8)
     consistent = create_algorithm("distill", 10, 6, teacher=str(teacher.path), mode="consistent")

@@ -6,6 +6,7 @@ import json
 import math
 import statistics
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -19,7 +20,7 @@ from fewlabels.engine.budget import BudgetPlanner
 from fewlabels.engine.ema import ModelEMA
 from fewlabels.engine.schedule import lr_factor, parameter_groups
 from fewlabels.engine.trainer import optimizer_step
-from fewlabels.errors import CheckpointError, ConfigError, TrainingDiverged
+from fewlabels.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 
 TINY = {
     "data.dataset": "digits",
@@ -147,6 +148,96 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.dtype.is_floating_point)
 
 
+def test_nan_weights_from_a_finite_loss_never_replace_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from fewlabels.algorithms.supervised import Supervised
+
+    real = Supervised.step
+
+    def overflowing(self, model, batch, ctx):
+        out = real(self, model, batch, ctx)
+        if ctx.step == 11:  # the loss stays finite (sqrt(0) = 0) but every gradient is inf * 0 = NaN
+            out.loss = out.loss + torch.sqrt(sum((p * 0).sum() for p in model.parameters()))
+        return out
+
+    monkeypatch.setattr(Supervised, "step", overflowing)
+    with pytest.raises(TrainingDiverged, match=r"weights became NaN or infinite by step 12.*checkpoint \(step 6\)"):
+        fewlabels.train(**tiny(tmp_path, **{"algorithm.name": "supervised"}))
+    state = ckpt.load_checkpoint(tmp_path / "run")
+    assert state["step"] == 6
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.dtype.is_floating_point)
+    assert not (tmp_path / "run" / "model.safetensors").exists()  # no final model made of NaNs
+
+
+def test_best_model_records_its_step_and_survives_a_resume(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path, **{"algorithm.name": "supervised"})
+    real_step = trainer._train_step
+
+    def dying_step(ctx, step, total):
+        if step == 9:
+            raise KeyboardInterrupt  # after the evaluation and checkpoint at step 6
+        return real_step(ctx, step, total)
+
+    monkeypatch.setattr(trainer, "_train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        fewlabels.train(**cfg)
+    best = json.loads((tmp_path / "run" / "best.json").read_text())
+    evals = [r for r in fewlabels.Run(tmp_path / "run").metrics() if r.get("kind") == "eval"]
+    assert best["step"] == 6 and best["val_accuracy"] == pytest.approx(evals[0]["val_accuracy"])
+    assert ckpt.load_checkpoint(tmp_path / "run")["eval_seconds"] > 0  # the budget planner's evaluation share
+    # A best model saved after the checkpoint (here: a score no evaluation can reach) is not replaced by a worse one.
+    (tmp_path / "run" / "best.json").write_text(json.dumps({**best, "val_accuracy": 1.5}))
+    monkeypatch.setattr(trainer, "_train_step", real_step)
+    fewlabels.train(**cfg, resume=True)
+    assert json.loads((tmp_path / "run" / "best.json").read_text())["val_accuracy"] == 1.5
+
+
+def test_resume_without_the_split_file_is_refused(tmp_path, monkeypatch):
+    real_step = trainer._train_step
+
+    def dying_step(ctx, step, total):
+        if step == 9:
+            raise KeyboardInterrupt
+        return real_step(ctx, step, total)
+
+    monkeypatch.setattr(trainer, "_train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        fewlabels.train(**tiny(tmp_path))
+    (tmp_path / "run" / "split.json").unlink()
+    monkeypatch.setattr(trainer, "_train_step", real_step)
+    with pytest.raises(DataError, match=r"split.json is missing.*restore the file, or train into a new --out"):
+        fewlabels.train(**tiny(tmp_path), resume=True)
+
+
+def test_evaluate_leaves_out_validation_when_the_training_data_changed(tmp_path):
+    rng = np.random.default_rng(0)
+    y_test = rng.integers(0, 2, 20)
+    x_test = rng.normal(size=(20, 4)).astype(np.float32) + 3 * y_test[:, None]
+
+    def save(n):
+        y = rng.integers(0, 2, n)
+        x = rng.normal(size=(n, 4)).astype(np.float32) + 3 * y[:, None]
+        y[n // 2 :] = -1
+        np.savez(tmp_path / "d.npz", x=x, y=y, x_test=x_test, y_test=y_test)
+
+    save(120)
+    cfg = {**tiny(tmp_path), "data.dataset": str(tmp_path / "d.npz"), "data.labels_per_class": None}
+    run = fewlabels.train(**cfg)
+    first = fewlabels.evaluate(run)
+    assert first["val_accuracy"] == pytest.approx(run.summary["val_accuracy"])
+    save(150)  # rows added: the split's validation indices now point at other rows
+    with pytest.warns(UserWarning, match="validation accuracy is not reported: .*120 training rows then, 150 now"):
+        result = fewlabels.evaluate(run)
+    assert "val_accuracy" not in result and result["test_accuracy"] == first["test_accuracy"]  # same test set
+
+
+def test_metrics_skip_a_line_cut_off_by_a_kill(tmp_path):
+    run = fewlabels.train(**tiny(tmp_path))
+    rows = run.metrics()
+    with open(run.path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 13, "lo')
+    assert run.metrics() == rows
+
+
 def test_ema_warmup_follows_the_weights_early():
     model = nn.Linear(1, 1, bias=False)
     with torch.no_grad():
@@ -171,6 +262,22 @@ def test_ema_copies_batchnorm_buffers():
     model(torch.randn(8, 3) * 5 + 2)
     ema.update(model)
     assert torch.equal(ema.module[1].running_mean, model[1].running_mean)
+
+
+def test_mean_teacher_keeps_its_own_batchnorm_statistics(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    ema = ModelEMA(model)
+    with torch.no_grad():
+        ema.module.train()(torch.randn(8, 3) - 4)  # the teacher's own train-mode pass
+    own = ema.module[1].running_mean.clone()
+    model(torch.randn(8, 3) * 5 + 2)
+    ema.update(model, buffers=False)
+    assert torch.equal(ema.module[1].running_mean, own) and not torch.equal(own, model[1].running_mean)
+    # In the engine, the teacher (the EMA model, which is evaluated and saved) keeps the statistics of its passes.
+    fewlabels.train(**tiny(tmp_path, **{"algorithm.name": "mean_teacher"}))
+    state = ckpt.load_checkpoint(tmp_path / "run")
+    keys = [k for k in state["model"] if k.endswith("running_mean")]
+    assert keys and all(not torch.equal(state["model"][k], state["ema"][k]) for k in keys)
 
 
 def test_cosine_schedule_values():
@@ -198,6 +305,8 @@ def test_budget_fixes_the_step_count(tmp_path):
     assert s["steps"] >= BudgetPlanner.calibration_steps
     state = ckpt.load_checkpoint(run.path)
     assert state["total_steps"] == s["steps"]  # the run ended exactly where the schedule did
+    # The schedule was sized to the budget: most of the 10 s used, and not far past it (loose: a shared CPU).
+    assert 5.0 <= s["wall_seconds"] <= 20.0
 
 
 def test_budget_plan_by_hand():
@@ -330,7 +439,7 @@ def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / ckpt.META).write_text('{"tensors": "checkpoint-2.safe')  # cut short
     with pytest.raises(CheckpointError, match="checkpoint.json is unreadable.*new --out"):
         ckpt.load_checkpoint(tmp_path)
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="checkpoint.json is unreadable"):
         ckpt.has_checkpoint(tmp_path)
 
 

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.base import clone
@@ -263,7 +264,6 @@ def test_label_markers_and_mixed_types():
 
 
 def test_pandas_inputs(digits_split):
-    pd = pytest.importorskip("pandas")
     X, y, X_test, y_test = digits_split
     frame = pd.DataFrame(X, columns=[f"px{i}" for i in range(X.shape[1])])
     clf = SemiSupervisedClassifier("supervised", steps=50).fit(frame, pd.Series(y))
@@ -333,9 +333,11 @@ def test_pipeline_and_grid_search(digits_split):
     assert high > low + 0.2
     assert grid.score(X_test, y_test) > 0.5
     # Each fold's score is computed on its labeled test rows only: unlabeled rows never reach score().
-    scores = cross_val_score(SemiSupervisedClassifier("supervised", steps=20), X, y, cv=SemiSupervisedKFold(2))
-    labeled = np.flatnonzero(y >= 0)
-    assert scores.shape == (2,) and len(labeled) == 40
+    cv, est = SemiSupervisedKFold(2), SemiSupervisedClassifier("supervised", steps=20, random_state=0)
+    scores = cross_val_score(est, X, y, cv=cv)
+    for (train, test), score in zip(cv.split(X, y), scores, strict=True):
+        assert (y[test] >= 0).all()
+        assert score == pytest.approx(clone(est).fit(X[train], y[train]).score(X[test], y[test]))
 
 
 def test_constant_features_keep_unit_scale():

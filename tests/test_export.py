@@ -9,6 +9,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx  # the `export` extra, part of `dev`
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -17,13 +19,6 @@ from fewlabels.cli import main
 from fewlabels.engine.run import Run
 from fewlabels.errors import ConfigError
 from fewlabels.export import ExportedModel, export_run, load_exported
-
-try:  # the optional `export` extra; only the ONNX tests need it
-    import onnx
-    import onnxruntime as ort
-except ImportError:
-    onnx = ort = None
-needs_onnx = pytest.mark.skipif(onnx is None, reason="the export extra (onnx, onnxruntime) is not installed")
 
 FAST = {
     "train.steps": 6,
@@ -88,7 +83,6 @@ def no_temp_files(folder: Path) -> bool:
 
 
 @pytest.mark.parametrize("kind", ["image", "vector"])
-@needs_onnx
 def test_onnx_export_matches_pytorch_on_another_batch_size_and_carries_metadata(kind, image_run, vector_run, capsys):
     run = image_run if kind == "image" else vector_run
     assert main(["export", str(run), "--format", "onnx"]) == 0
@@ -221,7 +215,6 @@ def test_export_errors_are_one_clear_line(image_run, tmp_path, capsys):
         load_exported(tmp_path / "model.bin.gz")
 
 
-@needs_onnx
 def test_missing_onnx_packages_name_the_extra(image_run, monkeypatch, tmp_path):
     exported = export_run(image_run, "onnx", out=tmp_path / "ok.onnx")
     with monkeypatch.context() as m:

@@ -131,8 +131,8 @@ def test_fp16_trains_with_a_grad_scaler(tmp_path):
     assert sum(losses[-10:]) < 0.5 * sum(losses[:10])  # it learns the labeled digits
     assert all(p.dtype == torch.float32 for p in ctx.raw_model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(first, ctx.raw_model.parameters(), strict=True))
-    if ON_CUDA:
-        assert ctx.scaler.get_scale() > 0
+    if ON_CUDA:  # each skipped step halves the scale from 2^16: at most 6 of the 60 steps were skipped
+        assert ctx.scaler.get_scale() >= 2.0**10
 
 
 def test_a_gpu_run_resumes_and_its_model_is_evaluated_on_the_cpu(tmp_path, monkeypatch):

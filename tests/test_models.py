@@ -57,15 +57,17 @@ def test_forward_features_and_gradients(name: str, shape: tuple[int, ...]) -> No
     assert not dead, f"parameters without gradient: {dead}"
 
 
-@pytest.mark.parametrize(("name", "shape"), CASES, ids=IDS)
+IMAGE_CASES = [(n, s) for n, s in CASES if len(s) == 3]  # vectors have no memory format to change
+
+
+@pytest.mark.parametrize(("name", "shape"), IMAGE_CASES, ids=[f"{n}-{'x'.join(map(str, s))}" for n, s in IMAGE_CASES])
 def test_channels_last_matches_contiguous(name: str, shape: tuple[int, ...]) -> None:
     model = create_model(name, 5, shape, mean=[0.5] * shape[0], std=[0.25] * shape[0]).eval()
     x = torch.rand(3, *shape)
     with torch.no_grad():
         expected = model(x)
-        if len(shape) == 3:
-            model = model.to(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         got = model(x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
@@ -206,19 +208,19 @@ def test_image_model_refuses_vectors(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "message"),
     [
-        {"num_classes": 0},
-        {"input_shape": (28, 28)},
-        {"input_shape": (1, 0, 28)},
-        {"dropout": 1.0},
-        {"mean": [0.1, 0.2]},
-        {"std": [0.0]},
+        ({"num_classes": 0}, "num_classes must be a positive integer, got 0"),
+        ({"input_shape": (28, 28)}, r"input_shape must be \(C, H, W\).*got \(28, 28\)"),
+        ({"input_shape": (1, 0, 28)}, r"positive integer sizes; got \(1, 0, 28\)"),
+        ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0"),
+        ({"mean": [0.1, 0.2]}, "mean has 2 values but the input has 1 channels"),
+        ({"std": [0.0]}, "std must be positive"),
     ],
 )
-def test_bad_arguments(kwargs: dict[str, object]) -> None:
+def test_bad_arguments(kwargs: dict[str, object], message: str) -> None:
     args: dict[str, object] = {"name": "cnn", "num_classes": 10, "input_shape": (1, 28, 28)} | kwargs
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=message):
         create_model(**args)  # type: ignore[arg-type]
 
 
@@ -335,11 +337,18 @@ def test_drop_path_drops_each_sample_independently(name: str) -> None:
     assert branch[dropped].abs().sum() > 0
 
 
-def test_drop_path_trains() -> None:
-    model = create_model("resnet18", 5, (3, 8, 8), drop_path=0.3).train()
-    logits = model(torch.rand(4, 3, 8, 8))
-    (logits * torch.randn_like(logits)).sum().backward()
-    assert all(p.grad is not None for p in model.parameters())
+def test_drop_path_drops_branches_in_training_only_and_every_weight_learns() -> None:
+    model = create_model("resnet18", 5, (3, 8, 8), drop_path=0.3)
+    x = torch.rand(4, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), model(x))  # off at evaluation
+        model.train()
+        assert not torch.allclose(model(x), model(x))  # random residual drops: the same batch, other outputs
+    for _ in range(3):  # a branch dropped in one batch still learns over several
+        logits = model(torch.rand(4, 3, 8, 8))
+        (logits * torch.randn_like(logits)).sum().backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not dead, f"parameters without gradient: {dead}"
 
 
 def test_drop_path_with_pretrained_resnet18(monkeypatch: pytest.MonkeyPatch) -> None:

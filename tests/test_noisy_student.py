@@ -9,8 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+import fewlabels
 from fewlabels.algorithms import Batch, BatchPart, StepContext, create_algorithm
 from fewlabels.config import resolve_config
+from fewlabels.data import load_data
 from fewlabels.data.split import Split
 from fewlabels.engine import trainer
 from fewlabels.errors import ConfigError
@@ -88,7 +90,7 @@ def test_student_needs_a_matching_selection(tmp_path):
     with pytest.raises(ConfigError, match="pseudo_labels"):
         create_algorithm("noisy_student", 2, 10)
     path = selection_file(tmp_path, [1, 2], [[0.5, 0.5], [0.1, 0.9]])
-    with pytest.raises(ConfigError, match="3"):
+    with pytest.raises(ConfigError, match="soft labels over 2 classes but the dataset has 3"):
         create_algorithm("noisy_student", 3, 10, pseudo_labels=path)
     with pytest.raises(ConfigError, match="strong, weak, none"):
         create_algorithm("noisy_student", 2, 10, pseudo_labels=path, augment="heavy")
@@ -135,6 +137,10 @@ def test_pipeline_stages_noise_and_resume(tmp_path, monkeypatch):
     assert set(chosen.index.tolist()) <= set(split.unlabeled.tolist())
     assert not set(chosen.index.tolist()) & set(split.val.tolist())
     assert not set(chosen.index.tolist()) & set(split.labeled.tolist())  # U = the remaining train images
+    # soft targets are the teacher's whole softmax on those rows, not a top-5 rebuild (digits has 10 classes)
+    x = load_data(teacher_cfg.data).x_train[chosen.index]
+    probs = torch.as_tensor(fewlabels.Run(out / "teacher").predict_proba(x)).float()
+    assert torch.allclose(chosen.targets, probs, atol=1e-5)
     counts, kept = chosen.class_counts.tolist(), chosen.kept_before_balance.tolist()
     assert len({c for c in counts if c > 0}) == 1  # every class the teacher predicts confidently: the same count
     assert all(k == 0 for c, k in zip(counts, kept, strict=True) if c == 0)  # none to copy for the others

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -66,7 +67,13 @@ def evaluate(run: str | Path | Run, which: str = "model") -> dict[str, Any]:
     split = Split.load(run.path / "split.json")
     if bundle.x_val is not None and bundle.y_val is not None:
         result["val_accuracy"] = accuracy(predict_logits(model, bundle.x_val), bundle.y_val)
-    elif len(split.val):
+        return result
+    try:
+        split.check_fits(bundle)  # the validation rows are indices into the training data the run saw
+    except DataError as e:
+        warnings.warn(f"validation accuracy is not reported: {e}", stacklevel=2)
+        return result
+    if len(split.val):
         idx = torch.from_numpy(np.array(split.val))
         result["val_accuracy"] = accuracy(predict_logits(model, bundle.x_train[idx]), bundle.y_train[idx])
     return result

@@ -29,7 +29,6 @@ its last `train.eval_last_k` test evaluations.
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import json
 import operator
@@ -50,7 +49,7 @@ from typing import Any
 from fewlabels.config import Config, parse_assignment, parse_duration, resolve_config
 from fewlabels.engine.stage import read_summary, resumable
 from fewlabels.engine.trainer import train
-from fewlabels.errors import ConfigError, FewLabelsError
+from fewlabels.errors import ConfigError, FewLabelsError, check_options
 from fewlabels.io import atomic_write_bytes, atomic_write_text
 
 FORMAT_VERSION = 1
@@ -289,14 +288,7 @@ def _check_options(algorithm: str, options: Mapping[str, Any]) -> None:
     if is_classic(algorithm):
         make_classic(algorithm, "vector", **options)  # checks the option names and values
         return
-    valid = valid_options(algorithm)
-    for key in options:
-        if key not in valid:
-            close = difflib.get_close_matches(key, list(valid), n=2, cutoff=0.5)
-            hint = f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ConfigError(
-                f"algorithm {algorithm!r} has no option {key!r}:{hint} its options are: {', '.join(valid) or 'none'}"
-            )
+    check_options(algorithm, options, valid_options(algorithm))
 
 
 def _cell_config(
@@ -390,6 +382,10 @@ def _merge_meta(old: dict[str, Any] | None, new: dict[str, Any], out: Path) -> d
         )
     # Settings added to the config schema after the grid was made read as their defaults (as a resumed run does).
     diffs = _diff(_with_defaults(old["config"], new["config"]), new["config"])
+    old_train, new_train = old["config"].get("train", {}), new["config"].get("train", {})
+    if new_train.get("budget") and old_train.get("device") != new_train.get("device"):
+        # Under a wall-clock budget the device sets how many steps a cell makes: cells would not compare.
+        diffs.append(f"train.device: {old_train.get('device')!r} -> {new_train.get('device')!r} under a budget")
     for algorithm in sorted(set(old["algorithm_options"]) & set(new["algorithm_options"])):
         a, b = old["algorithm_options"][algorithm], new["algorithm_options"][algorithm]
         diffs += [f"{algorithm} options: {a!r} -> {b!r}"] if a != b else []
@@ -403,6 +399,8 @@ def _merge_meta(old: dict[str, Any] | None, new: dict[str, Any], out: Path) -> d
     seeds = list(dict.fromkeys([*old["seeds"], *new["seeds"]]))
     cells = [Cell.from_json(c) for c in [*old["cells"], *new["cells"]]]
     merged = dict(new)
+    # The hardware stays that of the calls that trained; run_benchmark records this call's once it trains a cell.
+    merged["environment"] = old.get("environment", new["environment"])
     merged.update(
         algorithms=algorithms,
         labels_per_class=sorted(set(old["labels_per_class"]) | set(new["labels_per_class"])),
@@ -896,6 +894,7 @@ def run_benchmark(
         old = load_benchmark(out)
     elif out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty and holds no {BENCHMARK_JSON}: choose a new or empty out folder")
+    environment = meta["environment"]
     meta = _merge_meta(old, meta, out)
     runs.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / BENCHMARK_JSON, json.dumps(meta, indent=2))
@@ -911,6 +910,9 @@ def run_benchmark(
         (resumed if resume else trained).append(cell.name)
         todo.append((cell, configs[cell], resume))
     _say(progress, f"{len(cells)} cells: {len(skipped)} finished, {len(resumed)} to resume, {len(trained)} to train")
+    if todo and meta["environment"] != environment:  # this call trains: the report names its hardware
+        meta["environment"] = environment
+        atomic_write_text(out / BENCHMARK_JSON, json.dumps(meta, indent=2))
 
     def on_done() -> None:
         write_benchmark_report(out)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import re
@@ -14,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from fewlabels.errors import ConfigError
+from fewlabels.errors import ConfigError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -237,9 +236,8 @@ def _undot(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-    hint = f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return ConfigError(f"unknown config key {key!r} in {where}:{hint} valid keys: {', '.join(valid)}")
+    hint = did_you_mean(key, valid)
+    return ConfigError(f"unknown config key {key!r} in {where}: {hint}valid keys: {', '.join(valid)}")
 
 
 def _apply(base: Config, d: Mapping[str, Any]) -> Config:

@@ -15,7 +15,6 @@ can run code when loaded, so it never opens them.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import io
@@ -31,7 +30,7 @@ import torch
 from torch import nn
 
 from fewlabels.engine.run import Run
-from fewlabels.errors import ConfigError, DataError
+from fewlabels.errors import ConfigError, DataError, did_you_mean
 from fewlabels.io import atomic_write_bytes
 
 __all__ = ["FORMATS", "FORMAT_VERSION", "ExportedModel", "export_metadata", "export_run", "load_exported"]
@@ -64,8 +63,7 @@ def _version() -> str:
 def _check_format(format: str) -> str:
     fmt = str(format).strip().lower()
     if fmt not in FORMATS:
-        close = difflib.get_close_matches(fmt, list(FORMATS), n=1, cutoff=0.5)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = did_you_mean(fmt, FORMATS, n=1)
         raise ConfigError(f"unknown export format {format!r}: {hint}choose one of {', '.join(FORMATS)}")
     return fmt
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
-from fewlabels.errors import ConfigError
+from fewlabels.errors import ConfigError, did_you_mean
 
 T = TypeVar("T")
 
@@ -35,8 +34,7 @@ class Registry(Generic[T]):
         for candidate in (name, key, key.replace("_", "-")):
             if candidate in self._items:
                 return self._items[candidate]
-        close = difflib.get_close_matches(key, list(self._items), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+        hint = did_you_mean(key, self._items)
         raise ConfigError(f"unknown {self.kind} {name!r}: {hint}choose one of {', '.join(sorted(self._items))}")
 
     def create(self, name: str, **kwargs: Any) -> Any:

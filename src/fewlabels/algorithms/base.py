@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from fewlabels.errors import ConfigError
+from fewlabels.errors import check_options
 from fewlabels.registry import Registry
 
 ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")
@@ -111,6 +110,9 @@ class Algorithm(abc.ABC):
     needs_unlabeled: ClassVar[bool] = True
     labels_unused: ClassVar[bool] = False
     """True for algorithms that learn from images alone (distillation): a pool holding only labeled images is fine."""
+    ema_keeps_own_buffers: ClassVar[bool] = False
+    """True when the EMA model runs its own train-mode passes (Mean Teacher's teacher): its BatchNorm statistics are
+    then its own, not copied from the student at each update."""
 
     def __init__(self, num_classes: int, num_unlabeled: int = 0) -> None:
         self.num_classes = num_classes
@@ -156,11 +158,5 @@ def algorithm_options(name: str) -> dict[str, Any]:
 def create_algorithm(name: str, num_classes: int, num_unlabeled: int = 0, **options: Any) -> Algorithm:
     """Build a registered algorithm, rejecting unknown options with the valid ones in the message."""
     cls = ALGORITHMS.get(name)
-    valid = algorithm_options(name)
-    for key in options:
-        if key not in valid:
-            close = difflib.get_close_matches(key, list(valid), n=2, cutoff=0.5)
-            hint = f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            listed = ", ".join(valid) or "none"
-            raise ConfigError(f"algorithm {name!r} has no option {key!r}:{hint} its options are: {listed}")
+    check_options(name, options, algorithm_options(name))
     return cls(num_classes=num_classes, num_unlabeled=num_unlabeled, **options)

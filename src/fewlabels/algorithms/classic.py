@@ -16,7 +16,6 @@ Yarowsky, ACL 1995.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fewlabels.algorithms.base import ALGORITHMS
-from fewlabels.errors import ConfigError
+from fewlabels.errors import ConfigError, check_options, did_you_mean
 from fewlabels.registry import Registry
 
 if TYPE_CHECKING:
@@ -170,8 +169,7 @@ def resolve_algorithm_name(name: str) -> str:
             continue
         return next(n for n in registry.names() if registry.get(n) is found)
     key = str(name).strip().lower().replace("-", "_")
-    close = difflib.get_close_matches(key, [*ALGORITHMS.names(), *CLASSIC.names()], n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+    hint = did_you_mean(key, [*ALGORITHMS.names(), *CLASSIC.names()])
     raise ConfigError(
         f"unknown algorithm {name!r}: {hint}choose one of {', '.join(ALGORITHMS.names())}, "
         f"or a classic baseline: {', '.join(CLASSIC.names())}"
@@ -198,12 +196,7 @@ def make_classic(name: str, modality: str, *, seed: int = 0, **options: Any) -> 
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-    valid = classic_options(name)
-    for key in options:
-        if key not in valid:
-            close = difflib.get_close_matches(key, list(valid), n=2, cutoff=0.5)
-            hint = f" did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ConfigError(f"algorithm {name!r} has no option {key!r}:{hint} its options are: {', '.join(valid)}")
+    check_options(name, options, classic_options(name))
     if modality not in ("image", "vector"):
         raise ConfigError(f"classic baselines take 'image' or 'vector' data, got modality {modality!r}")
     classifier = CLASSIC.get(name)(seed, **options)

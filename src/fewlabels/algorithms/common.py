@@ -105,6 +105,26 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 @contextmanager
+def no_dropout(model: nn.Module) -> Iterator[None]:
+    """Dropout and stochastic depth off inside (BatchNorm stays in train mode): passes that must see one and the
+    same function, such as VAT's target and power iteration, whose KL would otherwise follow the random masks."""
+    from torchvision.ops import StochasticDepth
+
+    noisy = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.dropout._DropoutNd | StochasticDepth) and m.training and m.p > 0
+    ]
+    for m in noisy:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in noisy:
+            m.train()
+
+
+@contextmanager
 def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
     """Extra forward passes inside leave BatchNorm running statistics untouched (VAT's adversarial passes).
 

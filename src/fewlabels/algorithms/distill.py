@@ -28,7 +28,10 @@ def weights_digest(path: Path) -> str:
 
 @ALGORITHMS.register("distill")
 class Distill(Algorithm):
-    """loss = mean_b KL(p_T(x~_b; t) || p_S(x~_b; t)) on unlabeled images (labels unused unless lambda_l > 0).
+    """loss = t^2 * mean_b KL(p_T(x~_b; t) || p_S(x~_b; t)) on unlabeled images (+ lambda_l * CE on the labels).
+
+    The t^2 factor (Hinton et al. 2015) keeps the soft targets' gradients at the scale of t = 1, so a temperature
+    does not shrink distillation against the labeled term.
 
     The teacher (`teacher`: a run folder; its final EMA model, or `which=best`) is fixed, in eval mode, without
     gradients; the student is this run's model and may be smaller. `mode` is the paper's ablation ladder:
@@ -114,7 +117,7 @@ class Distill(Algorithm):
                 x_student = lam * x_student + (1 - lam) * x_student[perm]
             target = self.teach(x_student)  # the very same (mixed) tensor the student sees
         logits = model(x_student)
-        loss_u = kl_divergence(target, logits.float() / self.temperature).mean()
+        loss_u = self.temperature**2 * kl_divergence(target, logits.float() / self.temperature).mean()
         loss = loss_u
         logs: dict[str, Any] = {"loss_u": loss_u.detach()}
         agreement = (logits.detach().argmax(-1) == target.argmax(-1)).float().mean()

@@ -17,12 +17,16 @@ class MeanTeacher(Algorithm):
 
     The teacher is the engine's EMA of the student (decay `train.ema`, 0.999, warmed up as (1+t)/(10+t)); it is
     also the model that is evaluated and saved, as in the paper. It runs in train mode (BatchNorm uses the
-    teacher's own batch statistics, the paper's setting) under no_grad, on an independent weak view eta'.
+    teacher's own batch statistics, the paper's setting) under no_grad, on an independent weak view eta'; only
+    parameters are averaged, so its BatchNorm running statistics are its own (what evaluation uses).
     The student's logits come from the student: USB takes them from the teacher, so its consistency loss has no
     gradient and it scores like supervised training. w(t) is the sigmoid ramp-up over the first `warmup` fraction.
+    The reference also applies the consistency term to the labeled batch; here the unlabeled pool holds the labeled
+    images too (FixMatch's convention), so they receive it through the unlabeled batch.
     """
 
     views = Views(labeled=("weak",), unlabeled=("weak", "weak2"))
+    ema_keeps_own_buffers = True  # the teacher's BatchNorm statistics come from its own passes, as in the paper
 
     def __init__(
         self,

@@ -148,7 +148,7 @@ class TruncatedGaussianWeight:
 
     def _align(self, probs: Tensor) -> Tensor:
         assert self.class_probs is not None
-        scaled = probs / self.class_probs.to(probs.device)
+        scaled = probs / (self.class_probs.to(probs.device) + 1e-6)  # a class whose mean underflowed to 0 stays finite
         return scaled / scaled.sum(-1, keepdim=True)
 
     @torch.no_grad()

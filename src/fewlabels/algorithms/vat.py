@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewlabels.algorithms.base import ALGORITHMS, Algorithm, Batch, StepContext, StepOutput, Views, forward
-from fewlabels.algorithms.common import entropy, frozen_bn_stats, kl_divergence, linear_ramp, unwrap
+from fewlabels.algorithms.common import entropy, frozen_bn_stats, kl_divergence, linear_ramp, no_dropout, unwrap
 
 
 def _unit(d: Tensor) -> Tensor:
@@ -24,13 +24,13 @@ def adversarial_perturbation(
 ) -> Tensor:
     """r_adv = eps * d, with d the dominant direction of KL(target || p(x + xi d)) by power iteration.
 
-    Runs in float32 (xi is far below bf16 resolution) and leaves BatchNorm running statistics and parameter
-    gradients untouched: only d is differentiated. The official xi = 1e-6 changes float32 softmax outputs by less
-    than their resolution for some samples (their gradient is exactly 0, measured); the default 1e-3 is still
-    small against the [0, 1] input scale and eps.
+    Runs in float32 (xi is far below bf16 resolution) without dropout, and leaves BatchNorm running statistics
+    and parameter gradients untouched: only d is differentiated. The official xi = 1e-6 changes float32 softmax
+    outputs by less than their resolution for some samples (their gradient is exactly 0, measured); the default
+    1e-3 is still small against the [0, 1] input scale and eps.
     """
     d = _unit(torch.randn_like(x))
-    with torch.autocast(x.device.type, enabled=False), frozen_bn_stats(model):
+    with torch.autocast(x.device.type, enabled=False), frozen_bn_stats(model), no_dropout(model):
         for _ in range(iterations):
             d.requires_grad_(True)
             divergence = kl_divergence(target, model(x.float() + xi * d)).sum()
@@ -84,7 +84,9 @@ class VAT(Algorithm):
         x_l, u = batch.labeled["weak"], batch.unlabeled["weak"]
         # The target is taken in float32 like the power iteration's passes; a bf16 target would differ from them and
         # give KL a gradient at r = 0 that has nothing to do with the model's sensitivity.
-        with torch.no_grad(), torch.autocast(u.device.type, enabled=False):
+        # Dropout is off in the target and power-iteration passes: with different random masks, the KL's direction
+        # would follow the masks instead of the input.
+        with torch.no_grad(), torch.autocast(u.device.type, enabled=False), no_dropout(model):
             target = model(u.float()).float().softmax(-1)
         r_adv = adversarial_perturbation(unwrap(model), u, target, self.radius(u), self.xi, self.iterations)
         u_adv = u + r_adv

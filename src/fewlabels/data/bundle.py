@@ -43,6 +43,7 @@ class DataBundle:
     whose full labels are known and a labeled subset is drawn by the split."""
     skipped_files: list[str] = field(default_factory=list)
     """Files that could not be read (corrupt or unreadable) and were skipped."""
+    _stats: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -55,17 +56,36 @@ class DataBundle:
         return tuple(self.x_train.shape[1:])
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean and std of the training inputs, on the [0, 1] scale for images."""
-        x = self.x_train.float()
-        if self.modality == "image":
-            x = x / 255.0
-            dims = (0, 2, 3)
-            mean, std = x.mean(dim=dims), x.std(dim=dims)
-        else:
-            mean, std = x.mean(dim=0), x.std(dim=0)
+        """Per-channel mean and std of the training inputs, on the [0, 1] scale for images.
+
+        Computed in chunks of rows in float64 (two passes, so no float copy of the whole set: STL-10's 105k images
+        would need 11.6 GB per copy) and cached, since every saved model records them.
+        """
+        key = (id(self.x_train), tuple(self.x_train.shape))
+        if self._stats is not None and self._stats[0] == key:
+            return self._stats[1]
+        x, image = self.x_train, self.modality == "image"
+        dims = (0, 2, 3) if image else (0,)
+        shape = (1, -1, 1, 1) if image else (1, -1)
+        n = x.numel() // x.shape[1]  # values per channel (or per feature)
+
+        def chunks():  # one float64 chunk at a time
+            for i in range(0, len(x), 4096):
+                yield x[i : i + 4096].double() / (255.0 if image else 1.0)
+
+        mean = torch.zeros(x.shape[1], dtype=torch.float64)
+        for c in chunks():
+            mean += c.sum(dim=dims)
+        mean /= n
+        squares = torch.zeros_like(mean)
+        for c in chunks():
+            squares += ((c - mean.view(shape)) ** 2).sum(dim=dims)
+        std = (squares / max(n - 1, 1)).sqrt()
         # A constant feature (or blank channel) keeps scale 1, like scikit-learn's StandardScaler: a tiny std would
         # blow up any test value that differs from the training constant.
-        return mean.tolist(), torch.where(std < 1e-6, torch.ones_like(std), std).tolist()
+        stats = mean.float().tolist(), torch.where(std < 1e-6, torch.ones_like(std), std).float().tolist()
+        self._stats = (key, stats)
+        return stats
 
     def keep_classes(self, classes: list[str | int]) -> DataBundle:
         """A bundle restricted to `classes` (names or indices), relabeled 0..k-1 in the given order.
@@ -73,7 +93,7 @@ class DataBundle:
         Training rows of other classes are dropped, unlabeled rows (-1) are kept (their class is unknown), and the
         test and validation sets keep only the chosen classes. Used for binary tasks cut from a built-in dataset.
         """
-        from fewlabels.errors import ConfigError
+        from fewlabels.errors import ConfigError, did_you_mean
 
         chosen: list[int] = []
         for c in classes:
@@ -86,11 +106,8 @@ class DataBundle:
                 if not 0 <= index < self.num_classes:
                     raise ConfigError(f"class index {index} is outside 0..{self.num_classes - 1} of {self.name}")
             else:
-                import difflib
-
-                close = difflib.get_close_matches(str(c), self.classes, n=2)
-                hint = f" did you mean {', '.join(repr(x) for x in close)}?" if close else ""
-                raise ConfigError(f"{self.name} has no class {c!r}:{hint} its classes are {', '.join(self.classes)}")
+                hint = did_you_mean(str(c), self.classes, n=2)
+                raise ConfigError(f"{self.name} has no class {c!r}: {hint}its classes are {', '.join(self.classes)}")
             if index in chosen:
                 raise ConfigError(f"class {c!r} is listed twice in data.classes")
             chosen.append(index)

@@ -29,13 +29,15 @@ IMAGE_EXTENSIONS = frozenset(
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 _WIDE_GRAY_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
 _SPLITS = ("train", "val", "test")
+UNLABELED_MARKERS = frozenset({"-1", "unlabeled", "unlabelled", "unknown", "nan", "none", "null", "?", "na", "n/a"})
+"""Labels that often mean "no label"; kept as classes (with a warning), since here unlabeled means an empty label."""
 
 
 def sort_class_names(names: Iterable[str]) -> list[str]:
     """Sort class names; numerically when every name is an integer, so '10' comes after '9'."""
     unique = set(names)
     try:
-        return sorted(unique, key=int)
+        return sorted(unique, key=lambda s: (int(s), s))  # '1' and '01' in a fixed order, whatever the hash seed
     except ValueError:
         return sorted(unique)
 
@@ -61,6 +63,8 @@ class ImageReader:
                 im = ImageOps.exif_transpose(im)
                 im.load()
                 arr = self._to_array(im)
+        except MemoryError:
+            raise  # out of memory is not a corrupt file
         # PIL's decoders raise many unrelated types (OSError, SyntaxError, ValueError, struct.error, ...).
         except Exception as e:
             if self.strict:
@@ -307,6 +311,15 @@ def load_csv_manifest(path: str | Path, strict: bool = False, image_size: int | 
         entries.append((line, manifest_file(r["path"].strip(), base), label, split))
 
     classes = sort_class_names(lab for _, _, lab, s in entries if s == "train" and lab)
+    odd = [c for c in classes if c.lower() in UNLABELED_MARKERS]
+    if odd:  # a class of its own made of what the user meant as unlabeled rows would train on a wrong label
+        rows = sum(lab == odd[0] for _, _, lab, _ in entries)
+        warnings.warn(
+            f"{csv_path}: the label {odd[0]!r} ({rows} rows) is treated as a class; if those rows are unlabeled, "
+            "leave their label empty",
+            UserWarning,
+            stacklevel=2,
+        )
     if not classes:
         raise DataError(f"{csv_path} has no labeled training row; give at least one row with a label")
     index = {c: i for i, c in enumerate(classes)}
@@ -315,6 +328,15 @@ def load_csv_manifest(path: str | Path, strict: bool = False, image_size: int | 
             raise DataError(
                 f"label {label!r} in row {line} of {csv_path} is not one of the classes {classes}; "
                 "add labeled training examples of it or fix the label"
+            )
+
+    seen: dict[Path, tuple[int, str]] = {}
+    for line, file, _, split in entries:
+        first = seen.setdefault(file.resolve(), (line, split))
+        if first[1] != split:  # one file both trained on and scored would inflate the scores
+            raise DataError(
+                f"{file} is listed as {first[1]} (row {first[0]}) and as {split} (row {line}) in {csv_path}: "
+                "keep each file in one split"
             )
 
     image_reader = ImageReader(strict=strict, image_size=image_size)
@@ -372,7 +394,10 @@ def load_npz(path: str | Path, image_size: int | None = None) -> DataBundle:
             )
     for a, b in (("x_val", "y_val"), ("x_test", "y_test")):
         if (a in arrays) != (b in arrays):
-            raise DataError(f"{npz_path} has {a if a in arrays else b} without {b if a in arrays else a}")
+            have, lack = (a, b) if a in arrays else (b, a)
+            raise DataError(
+                f"{npz_path} has {have} without {lack}: save both, e.g. np.savez(path, ..., {a}={a}, {b}={b})"
+            )
 
     classes: list[str] | None = None
     if "classes" in arrays:
@@ -499,6 +524,8 @@ def _npz_inputs(x: np.ndarray, key: str, where: Path | str) -> torch.Tensor:
             f"{key!r} in {where} has shape {x.shape}; give (N, D) vectors or (N, H, W) / (N, C, H, W) / "
             "(N, H, W, C) images"
         )
+    if x.dtype.kind == "b":  # booleans are [0, 1] images (0 or 255), as `fewlabels predict` reads them too
+        x = x.astype(np.uint8) * np.uint8(255)
     if x.dtype == np.uint8:
         return torch.from_numpy(np.ascontiguousarray(x))
     lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)

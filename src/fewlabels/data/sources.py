@@ -249,6 +249,8 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     if dtype_code != 0x08:
         raise DataError(f"{p}: IDX element type 0x{dtype_code:02x} is not supported (only unsigned bytes)")
     header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{p} is truncated inside its header; delete it and fetch it again")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     body = np.frombuffer(data, dtype=np.uint8, offset=header)
     if body.size != int(np.prod(dims)):
@@ -301,9 +303,13 @@ def load_fashion_mnist(root: str | None = None, download: bool = False, **kw: An
         files = _find_idx([Path(target) / "FashionMNIST" / "raw"])
     if files is None:
         where = ", ".join(str(f) for f in folders)
+        if root is not None and _find_idx([Path(DEBIAN_FASHION_MNIST)]) is not None:
+            fix = f"drop --data-root to read the system package's copy in {DEBIAN_FASHION_MNIST}"
+        else:
+            fix = "`apt-get install dataset-fashion-mnist`"
         raise DataError(
             f"Fashion-MNIST files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-...) "
-            f"not found; looked in {where}. Fix: `apt-get install dataset-fashion-mnist`, or "
+            f"not found; looked in {where}. Fix: {fix}, or "
             "`--data-root DIR` pointing at a folder that holds them, or `--download`"
         )
     arrays = {k: read_idx(p) for k, p in files.items()}

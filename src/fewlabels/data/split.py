@@ -32,17 +32,32 @@ def _index_array(a: Any) -> np.ndarray:
     return arr
 
 
+def _sampled_rows(x: torch.Tensor) -> np.ndarray:
+    """64 evenly spaced rows of `x` (all of them when fewer)."""
+    rows = np.unique(np.linspace(0, max(len(x) - 1, 0), num=min(len(x), 64)).astype(np.int64))
+    return x[torch.from_numpy(rows)].detach().cpu().contiguous().numpy()
+
+
 def data_fingerprint(bundle: DataBundle) -> dict[str, Any]:
     """What a split's indices refer to: the training row count, the classes, a digest of the labels (-1 for
-    unlabeled) and one of 64 evenly spaced input rows. Any change of these makes a saved split mean other rows."""
+    unlabeled) and one of 64 evenly spaced input rows. Any change of these makes a saved split mean other rows.
+    `heldout_sha256` digests the explicit validation and test sets the same way (their sizes, labels and 64 rows):
+    a resumed run must select its model on, and report, the sets it started with."""
     y = bundle.y_train.detach().cpu().numpy().astype("<i8")
-    rows = np.unique(np.linspace(0, max(len(y) - 1, 0), num=min(len(y), 64)).astype(np.int64))
-    x = bundle.x_train[torch.from_numpy(rows)].detach().cpu().contiguous().numpy()
+    heldout = hashlib.sha256()
+    for x_h, y_h in ((bundle.x_val, bundle.y_val), (bundle.x_test, bundle.y_test)):
+        if x_h is None or y_h is None:
+            heldout.update(b"none;")
+            continue
+        heldout.update(f"{len(y_h)};".encode())
+        heldout.update(y_h.detach().cpu().numpy().astype("<i8").tobytes())
+        heldout.update(_sampled_rows(x_h).tobytes())
     return {
         "rows": len(y),
         "classes": list(bundle.classes),
         "labels_sha256": hashlib.sha256(y.tobytes()).hexdigest(),
-        "inputs_sha256": hashlib.sha256(x.tobytes()).hexdigest(),
+        "inputs_sha256": hashlib.sha256(_sampled_rows(bundle.x_train).tobytes()).hexdigest(),
+        "heldout_sha256": heldout.hexdigest(),
     }
 
 
@@ -139,8 +154,10 @@ class Split:
                 "classes": f"classes {self.data.get('classes')} then, {now['classes']} now",
                 "labels_sha256": "the labels (or the order of the files) changed",
                 "inputs_sha256": "the images or features changed",
+                "heldout_sha256": "the validation or test set changed",
             }
-            changed = [what[k] for k in what if self.data.get(k) != now[k]]
+            # Splits saved before a key existed (heldout_sha256) are not judged on it.
+            changed = [what[k] for k in what if k in self.data and self.data[k] != now[k]]
             if changed:
                 raise DataError(
                     f"{bundle.name} is not the data this run's split was drawn from ({'; '.join(changed)}): restore "

@@ -8,16 +8,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from fewlabels.config import Config, resolve_config
 from fewlabels.errors import ConfigError
-from fewlabels.io import atomic_write_text
+from fewlabels.io import atomic_write_bytes, atomic_write_text
 
 
-def save_model(folder: Path, model: nn.Module, bundle: Any, cfg: Config, name: str = "model") -> None:
-    """Write `name`.safetensors (weights) and `name`.json (how to rebuild the model), atomically."""
+def save_model(folder: Path, model: nn.Module, bundle: Any, cfg: Config, name: str = "model", **extra: Any) -> None:
+    """Write `name`.safetensors (weights) and `name`.json (how to rebuild the model, plus `extra`), atomically."""
     mean, std = bundle.channel_stats()
     meta = {
         "model": cfg.model.name or bundle.default_model,
@@ -30,12 +30,11 @@ def save_model(folder: Path, model: nn.Module, bundle: Any, cfg: Config, name: s
         "options": dict(getattr(model, "options", {})),
         "classes": list(bundle.classes),
         "modality": bundle.modality,
+        **extra,
     }
-    tmp = folder / f".{name}.safetensors.tmp"
     # Auxiliary training heads (heads.*) are not part of the deployed classifier.
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith("heads.")}
-    save_file(weights, str(tmp))
-    tmp.replace(folder / f"{name}.safetensors")
+    atomic_write_bytes(folder / f"{name}.safetensors", save(weights))  # fsynced, then renamed
     atomic_write_text(folder / f"{name}.json", json.dumps(meta, indent=2))
 
 
@@ -83,11 +82,18 @@ class Run:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def metrics(self) -> list[dict[str, Any]]:
-        """Every row of metrics.jsonl (training rows and evaluation rows, the latter with kind='eval')."""
+        """Every row of metrics.jsonl (training rows and evaluation rows, the latter with kind='eval'); a last line
+        cut off by a killed run is skipped."""
         path = self.path / "metrics.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
 
     @property
     def classes(self) -> list[str]:

@@ -20,7 +20,7 @@ from fewlabels.engine.distributed import DistInfo, gather_objects, per_rank
 from fewlabels.engine.ema import ModelEMA
 from fewlabels.engine.sampler import InfiniteSampler
 from fewlabels.engine.schedule import build_optimizer
-from fewlabels.errors import ConfigError
+from fewlabels.errors import ConfigError, DataError
 from fewlabels.io import atomic_write_text
 from fewlabels.models import MODELS, create_model
 
@@ -158,7 +158,12 @@ def build_context(cfg: Config, info: DistInfo, resume: bool, bundle: DataBundle 
         if first and info.is_main:
             dist.barrier()
     split_path = folder / "split.json"
-    if resume and split_path.exists():
+    if resume:
+        if not split_path.exists():  # a new draw would not match the samplers' saved positions
+            raise DataError(
+                f"--resume: {split_path} is missing, and the checkpoint's sampler positions index that split: "
+                "restore the file, or train into a new --out folder"
+            )
         split = Split.load(split_path)
         split.check_fits(bundle)
     else:

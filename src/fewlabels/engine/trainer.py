@@ -172,7 +172,8 @@ def _train_step(ctx: Context, step: int, total: int) -> tuple[dict[str, float], 
     if not finite:  # every rank stops together, none waits in a gradient all-reduce
         return {"loss": float("nan")}, None, None
     if optimizer_step(out.loss, ctx.optimizer, ctx.raw_model, ctx.scaler, ctx.cfg.optim.grad_clip):
-        ctx.ema.update(ctx.raw_model)  # a step the fp16 scaler skipped leaves the weights, and the EMA, unchanged
+        # A step the fp16 scaler skipped leaves the weights, and the EMA, unchanged.
+        ctx.ema.update(ctx.raw_model, buffers=not ctx.algorithm.ema_keeps_own_buffers)
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
     logs = {k: float(v) for k, v in out.logs.items()}
@@ -226,13 +227,14 @@ def _loop(ctx: Context, resume: bool) -> Run:
         raise ConfigError("set --steps N (N >= 1) or --budget such as 15m")
     total = t.steps if budget is None else None
     start_step, history, wall_before = 0, [], 0.0
-    best_val = -math.inf
+    best_val, eval_seconds = -math.inf, 0.0
     if resume:
         state = ckpt.load_checkpoint(ctx.folder, device="cpu")
         restore_context(ctx, state)
         start_step, total = int(state["step"]), int(state["total_steps"])
         history, wall_before = list(state["test_history"]), float(state["wall_seconds"])
-        best_val = float(state.get("best_val", -math.inf))
+        best_val = max(float(state.get("best_val", -math.inf)), _best_on_disk(ctx.folder))
+        eval_seconds = float(state.get("eval_seconds", 0.0))  # so the budget's first re-plans count evaluations
         if info.is_main:
             _trim_metrics(ctx.folder / "metrics.jsonl", start_step)
 
@@ -240,7 +242,6 @@ def _loop(ctx: Context, resume: bool) -> Run:
     monitor = PseudoMonitor(_hidden_labels(ctx), ctx.bundle.num_classes)
     planner = BudgetPlanner(budget - wall_before, t.eval_every) if budget else None
     start = time.perf_counter()
-    eval_seconds = 0.0
     bar = tqdm(
         total=total,
         initial=start_step,
@@ -253,14 +254,10 @@ def _loop(ctx: Context, resume: bool) -> Run:
         logs, pseudo, index = _train_step(ctx, step, total if total is not None else 10**9)
         if not math.isfinite(logs["loss"]):
             bar.close()
-            kept = (
-                f"the last good checkpoint (step {last_good}) is kept in {ctx.folder}"
-                if last_good > 0
-                else "no checkpoint was written yet"
-            )
             raise TrainingDiverged(
-                f"the loss became {logs['loss']} at step {step}; {kept}: check the data for NaNs, or train again "
-                "into a new --out with a lower --lr or --set optim.grad_clip=1.0 (--resume keeps the config)"
+                f"the loss became {logs['loss']} at step {step}; {_kept(ctx, last_good)}: check the data for NaNs, "
+                "or train again into a new --out with a lower --lr or --set optim.grad_clip=1.0 "
+                "(--resume keeps the config)"
             )
         step += 1
         if pseudo is not None and index is not None:
@@ -293,11 +290,18 @@ def _loop(ctx: Context, resume: bool) -> Run:
                 history.append(row["test_accuracy"])
             if row.get("val_accuracy", -math.inf) > best_val:
                 best_val = row["val_accuracy"]
-                save_model(ctx.folder, ctx.ema.module, ctx.bundle, cfg, name="best")
+                save_model(ctx.folder, ctx.ema.module, ctx.bundle, cfg, "best", step=step, val_accuracy=best_val)
             logger.write({**row, "kind": "eval"})
         if total is not None and (step % t.checkpoint_every == 0 or step == total):
+            if not all_ranks_agree(_weights_finite(ctx), info, ctx.device):
+                bar.close()
+                raise TrainingDiverged(
+                    f"the weights became NaN or infinite by step {step} (a finite loss with overflowing gradients); "
+                    f"{_kept(ctx, last_good)}: train again into a new --out with a lower --lr or "
+                    "--set optim.grad_clip=1.0"
+                )
             wall = wall_before + time.perf_counter() - start
-            extra = {"test_history": history, "wall_seconds": wall, "best_val": best_val}
+            extra = {"test_history": history, "wall_seconds": wall, "best_val": best_val, "eval_seconds": eval_seconds}
             state = context_state(ctx, step, total, extra)  # on every rank: it gathers per-rank RNG states
             if info.is_main:
                 ckpt.save_checkpoint(ctx.folder, state)
@@ -308,6 +312,28 @@ def _loop(ctx: Context, resume: bool) -> Run:
     if info.is_main:
         _finish(ctx, step, wall, history)
     return Run(ctx.folder)
+
+
+def _kept(ctx: Context, last_good: int) -> str:
+    if last_good > 0:
+        return f"the last good checkpoint (step {last_good}) is kept in {ctx.folder}"
+    return "no checkpoint was written yet"
+
+
+def _weights_finite(ctx: Context) -> bool:
+    """Whether the model's and the EMA's parameters are all finite: checked before a checkpoint replaces the last
+    good one, since gradients can overflow (no fp16 scaler on CPU or with bf16) while the loss stays finite."""
+    params = [p.detach() for m in (ctx.raw_model, ctx.ema.module) for p in m.parameters()]
+    return bool(torch.stack([p.isfinite().all() for p in params]).all()) if params else True
+
+
+def _best_on_disk(folder: Path) -> float:
+    """The validation accuracy recorded in best.json: a best model saved after the checkpoint a run resumes from
+    stays the best unless a later evaluation beats it."""
+    try:
+        return float(json.loads((folder / "best.json").read_text())["val_accuracy"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -math.inf
 
 
 def _trim_metrics(path: Path, step: int) -> None:

@@ -210,7 +210,8 @@ def noisy_student(
             if not PseudoLabels.exists(labels_dir) or not PseudoLabels(labels_dir).is_complete():
                 if bundle is None:
                     bundle = load_data(base.data)
-                pseudo_label(current.path, bundle.x_train, labels_dir, batch_size=batch_size, progress=False)
+                # full=True: the student's soft targets are the teacher's whole softmax, not a top-5 rebuild.
+                pseudo_label(current.path, bundle.x_train, labels_dir, batch_size=batch_size, full=True, progress=False)
             if not selection_path.exists():
                 pool = unlabeled_pool(Split.load(current.path / "split.json"))
                 chosen = select(

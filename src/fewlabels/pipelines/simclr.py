@@ -65,7 +65,9 @@ def linear_probe(run: Run) -> dict[str, float | None]:
     bundle = load_data(run.config.data)
     if bundle.x_test is None or bundle.y_test is None:
         return {"test_accuracy": None, "test_auc": None}
-    labeled = np.array(Split.load(run.path / "split.json").labeled)  # a writable copy: torch indexes with it
+    split = Split.load(run.path / "split.json")
+    split.check_fits(bundle)  # its rows index the training data the run saw
+    labeled = np.array(split.labeled)  # a writable copy: torch indexes with it
 
     def feats(x: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
