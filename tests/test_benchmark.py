@@ -193,6 +193,9 @@ def test_a_different_config_in_the_same_folder_is_refused(grid, monkeypatch):
     with pytest.raises(ConfigError, match="dataset 'digits', not 'mnist1d'"):
         run_benchmark(out, overrides=FAST, **{**GRID, "dataset": "mnist1d"})
     assert (out / "benchmark.json").read_text() == stored
+    # Logging and checkpoint intervals change no model: the same grid continues (here: nothing left to train).
+    again = run_benchmark(out, overrides={**FAST, "train.log_every": 3, "train.checkpoint_every": 7}, **GRID)
+    assert again.trained == [] and len(again.skipped) == 10
     # The device is display-only under a step count, but under a wall-clock budget it sets the steps a cell makes.
     old = json.loads(stored)
     old["config"]["train"].update(budget="10m", device="cpu")

@@ -386,6 +386,19 @@ def test_run_stage_trains_once_resumes_and_refuses_other_configs(tmp_path, monke
     assert (stranger / "notes.txt").exists()
 
 
+def test_pipeline_settings_ignore_display_keys_and_name_a_changed_setting(tmp_path):
+    from fewlabels.engine.stage import check_pipeline_settings
+
+    check_pipeline_settings(tmp_path / "p", {"a": 1, "config": Config().to_dict()}, "test")
+    quiet = Config().override(**{"train.progress": False, "train.log_every": 7, "data.data_root": "/x"})
+    check_pipeline_settings(tmp_path / "p", {"a": 1, "config": quiet.to_dict()}, "test")  # as a resume: fine
+    other = Config().override(**{"train.steps": 77})
+    with pytest.raises(ConfigError, match=r"other settings \(the training config: train.steps: .* -> 77\)"):
+        check_pipeline_settings(tmp_path / "p", {"a": 1, "config": other.to_dict()}, "test")
+    with pytest.raises(ConfigError, match=r"other settings \(a: 1 -> 2\)"):
+        check_pipeline_settings(tmp_path / "p", {"a": 2, "config": Config().to_dict()}, "test")
+
+
 def test_class_subset_makes_a_binary_task_with_roc_auc(tmp_path):
     run = fewlabels.train(**tiny(tmp_path, **{"data.classes": [3, 8], "data.labels_per_class": 5}))
     s = run.summary

@@ -46,7 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fewlabels.config import Config, parse_assignment, parse_duration, resolve_config
+from fewlabels.config import Config, model_settings, parse_assignment, parse_duration, resolve_config
 from fewlabels.engine.stage import read_summary, resumable
 from fewlabels.engine.trainer import train
 from fewlabels.errors import ConfigError, FewLabelsError, check_options
@@ -381,7 +381,8 @@ def _merge_meta(old: dict[str, Any] | None, new: dict[str, Any], out: Path) -> d
             f"{where} is a benchmark of dataset {old['dataset']!r}, not {new['dataset']!r}: choose another out folder"
         )
     # Settings added to the config schema after the grid was made read as their defaults (as a resumed run does).
-    diffs = _diff(_with_defaults(old["config"], new["config"]), new["config"])
+    # Only what changes a trained model counts (as for a resumed run): logging, checkpoints, the data folder may move.
+    diffs = _diff(model_settings(_with_defaults(old["config"], new["config"])), model_settings(new["config"]))
     old_train, new_train = old["config"].get("train", {}), new["config"].get("train", {})
     if new_train.get("budget") and old_train.get("device") != new_train.get("device"):
         # Under a wall-clock budget the device sets how many steps a cell makes: cells would not compare.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -203,17 +204,24 @@ class Config:
         """A hash of everything that changes the trained model or its reported figures: not the out folder, the
         progress bar, logging and checkpoint intervals, or where the data is read from (split.json's fingerprint
         checks that the data itself is the same)."""
-        d = self.to_dict()
-        d.pop("out", None)
-        for key in ("progress", "tensorboard", "device", "eval_batch_size", "log_every", "checkpoint_every"):
-            d["train"].pop(key, None)
-        for key in ("download", "data_root"):
-            d["data"].pop(key, None)
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        text = json.dumps(model_settings(self.to_dict()), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
         """The resolved config as YAML."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def model_settings(d: Mapping[str, Any]) -> dict[str, Any]:
+    """A config dict (`Config.to_dict()`) less what does not change the trained model or its reported figures: the
+    out folder, the progress bar, logging and checkpoint intervals, the device, where the data is read from."""
+    d = copy.deepcopy(dict(d))
+    d.pop("out", None)
+    for key in ("progress", "tensorboard", "device", "eval_batch_size", "log_every", "checkpoint_every"):
+        d.get("train", {}).pop(key, None)
+    for key in ("download", "data_root"):
+        d.get("data", {}).pop(key, None)
+    return d
 
 
 def _check(ok: bool, message: str) -> None:

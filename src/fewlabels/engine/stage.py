@@ -9,7 +9,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from fewlabels.config import SECTIONS, Config, load_yaml, resolve_config
+from fewlabels.config import SECTIONS, Config, load_yaml, model_settings, resolve_config
 from fewlabels.engine import checkpoint as ckpt
 from fewlabels.engine.run import Run
 from fewlabels.engine.setup import config_diff
@@ -74,8 +74,11 @@ def check_pipeline_settings(out: Path, settings: dict[str, Any], kind: str) -> N
     if path.exists():
         old = json.loads(path.read_text())
         diff = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in settings.items() if k != "config" and old.get(k) != v]
-        if old.get("config") != settings["config"]:
-            diff.append("the training config")
+        # As a resumed run: the progress bar, logging, device or data folder may change, the model's settings not.
+        now = model_settings(json.loads(json.dumps(settings["config"], default=str)))  # as pipeline.json holds it
+        before = model_settings(old.get("config") or {})
+        if before != now:
+            diff.append(f"the training config: {config_diff(before, now) or 'changed'}")
         if diff:
             raise ConfigError(
                 f"{out} holds a {kind} pipeline with other settings ({'; '.join(diff)}): use the same settings to "
