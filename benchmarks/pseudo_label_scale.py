@@ -104,8 +104,10 @@ def make_teacher(work: Path, steps: int) -> tuple[Path, str]:
     from fewlabels.errors import DataError
 
     trained = work / "teacher-fashion-mnist"
-    if (trained / "model.safetensors").is_file():
-        return trained, f"cnn, supervised on Fashion-MNIST ({steps} steps, reused)"
+    summary = trained / "summary.json"
+    if summary.is_file():  # described by the steps it was trained with, not this call's --teacher-steps
+        made = json.loads(summary.read_text())["steps"]
+        return trained, f"cnn, supervised on Fashion-MNIST ({made} steps, reused)"
     try:
         fewlabels.train(
             **{
@@ -116,7 +118,8 @@ def make_teacher(work: Path, steps: int) -> tuple[Path, str]:
                 "train.steps": steps,
                 "train.progress": False,
                 "out": str(trained),
-            }
+            },
+            resume=(trained / "checkpoint.json").is_file(),  # a teacher killed half-way continues
         )
         return trained, f"cnn, supervised on Fashion-MNIST ({steps} steps)"
     except DataError:
