@@ -39,6 +39,21 @@ def tiny(tmp_path, name="run", **extra):
     return {**TINY, "out": str(tmp_path / name), **extra}
 
 
+def train_killed_at_step_9(monkeypatch, cfg: dict) -> None:
+    """Train `cfg` until the engine is killed before step 9 (after the evaluation and checkpoint at step 6)."""
+    real_step = trainer._train_step
+
+    def dying_step(ctx, step, total):
+        if step == 9:
+            raise KeyboardInterrupt
+        return real_step(ctx, step, total)
+
+    monkeypatch.setattr(trainer, "_train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        fewlabels.train(**cfg)
+    monkeypatch.setattr(trainer, "_train_step", real_step)
+
+
 def test_run_folder_holds_everything_a_user_needs(tmp_path):
     run = fewlabels.train(**tiny(tmp_path, **{"algorithm.name": "fixmatch", "algorithm.threshold": 0.1}))
     files = {p.name for p in run.path.iterdir()}
@@ -97,19 +112,9 @@ def test_same_seed_same_result_different_seed_different(tmp_path):
 @pytest.mark.parametrize("algorithm", ["flexmatch", "temporal_ensembling", "remixmatch", "mean_teacher", "vat"])
 def test_killed_run_resumes_to_the_identical_model(tmp_path, monkeypatch, algorithm):
     full = fewlabels.train(**tiny(tmp_path, "full", **{"algorithm.name": algorithm}))
-    real_step = trainer._train_step
-
-    def dying_step(ctx, step, total):
-        if step == 9:
-            raise KeyboardInterrupt  # killed after the checkpoint at step 6
-        return real_step(ctx, step, total)
-
-    monkeypatch.setattr(trainer, "_train_step", dying_step)
     cfg = tiny(tmp_path, "killed", **{"algorithm.name": algorithm})
-    with pytest.raises(KeyboardInterrupt):
-        fewlabels.train(**cfg)
+    train_killed_at_step_9(monkeypatch, cfg)  # after the checkpoint at step 6
     assert json.loads((tmp_path / "killed" / "checkpoint.json").read_text())["state"]
-    monkeypatch.setattr(trainer, "_train_step", real_step)
     with pytest.raises(ConfigError, match="--resume"):
         fewlabels.train(**cfg)  # refuses to overwrite a run
     resumed = fewlabels.train(**cfg, resume=True)
@@ -170,40 +175,20 @@ def test_nan_weights_from_a_finite_loss_never_replace_the_last_good_checkpoint(t
 
 def test_best_model_records_its_step_and_survives_a_resume(tmp_path, monkeypatch):
     cfg = tiny(tmp_path, **{"algorithm.name": "supervised"})
-    real_step = trainer._train_step
-
-    def dying_step(ctx, step, total):
-        if step == 9:
-            raise KeyboardInterrupt  # after the evaluation and checkpoint at step 6
-        return real_step(ctx, step, total)
-
-    monkeypatch.setattr(trainer, "_train_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        fewlabels.train(**cfg)
+    train_killed_at_step_9(monkeypatch, cfg)
     best = json.loads((tmp_path / "run" / "best.json").read_text())
     evals = [r for r in fewlabels.Run(tmp_path / "run").metrics() if r.get("kind") == "eval"]
     assert best["step"] == 6 and best["val_accuracy"] == pytest.approx(evals[0]["val_accuracy"])
     assert ckpt.load_checkpoint(tmp_path / "run")["eval_seconds"] > 0  # the budget planner's evaluation share
     # A best model saved after the checkpoint (here: a score no evaluation can reach) is not replaced by a worse one.
     (tmp_path / "run" / "best.json").write_text(json.dumps({**best, "val_accuracy": 1.5}))
-    monkeypatch.setattr(trainer, "_train_step", real_step)
     fewlabels.train(**cfg, resume=True)
     assert json.loads((tmp_path / "run" / "best.json").read_text())["val_accuracy"] == 1.5
 
 
 def test_resume_without_the_split_file_is_refused(tmp_path, monkeypatch):
-    real_step = trainer._train_step
-
-    def dying_step(ctx, step, total):
-        if step == 9:
-            raise KeyboardInterrupt
-        return real_step(ctx, step, total)
-
-    monkeypatch.setattr(trainer, "_train_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        fewlabels.train(**tiny(tmp_path))
+    train_killed_at_step_9(monkeypatch, tiny(tmp_path))
     (tmp_path / "run" / "split.json").unlink()
-    monkeypatch.setattr(trainer, "_train_step", real_step)
     with pytest.raises(DataError, match=r"split.json is missing.*restore the file, or train into a new --out"):
         fewlabels.train(**tiny(tmp_path), resume=True)
 
