@@ -540,6 +540,24 @@ def test_npz_float_images_scaled_and_out_of_range_refused(tmp_path: Path) -> Non
     np.savez(tmp_path / "g.npz", x=x * 255, y=np.array([0, 1]))
     with pytest.raises(DataError, match="divide by 255"):
         load_dataset(str(tmp_path / "g.npz"))
+    x[0, 1, 2, 2] = np.nan
+    np.savez(tmp_path / "n.npz", x=x, y=np.array([0, 1]))
+    with pytest.raises(DataError, match=r"values in \[nan, nan\]; float images must lie in \[0, 1\]"):
+        load_dataset(str(tmp_path / "n.npz"))
+
+
+def test_npz_float64_images_are_converted_in_row_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A float64 (N, H, W, C) array converts chunk by chunk to exactly the pixels of one whole-array conversion."""
+    from fewlabels.data import formats
+
+    x = np.random.default_rng(0).random((7, 5, 4, 3))  # float64, channels last
+    x[3, 0, 0] = [0.0, 1.0, 0.5]
+    np.savez(tmp_path / "f64.npz", x=x, y=np.array([0, 1, -1, 1, 0, -1, 1]))
+    monkeypatch.setattr(formats, "CONVERT_CHUNK_BYTES", 2 * 5 * 4 * 3 * 8)  # two rows a chunk: 4 chunks, one short
+    b = load_dataset(str(tmp_path / "f64.npz"))
+    assert b.x_train.dtype == torch.uint8 and b.x_train.is_contiguous()
+    assert np.array_equal(b.x_train.numpy(), np.round(x.transpose(0, 3, 1, 2) * 255.0).astype(np.uint8))
+    assert b.x_train[3, :, 0, 0].tolist() == [0, 255, 128]
     # Booleans are [0, 1] images: 0 or 255, the pixels `fewlabels predict` makes of the same array.
     mask = np.zeros((2, 1, 4, 4), dtype=bool)
     mask[1, 0, :2] = True

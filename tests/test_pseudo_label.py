@@ -537,3 +537,30 @@ def test_select_command_keeps_only_the_runs_remaining_train_rows(teacher, tmp_pa
     # A bad threshold is one clear line.
     assert main(["select", str(labels_dir), "--out", str(out), "--threshold", "2"]) == 2
     assert "threshold must be a probability" in capsys.readouterr().err
+
+
+def test_select_refuses_a_run_whose_split_indexes_other_rows_or_classes(tmp_path, capsys):
+    """The run's U is a list of row numbers: applied to pseudo-labels of other data it would keep the wrong rows."""
+    from fewlabels.cli import main
+    from fewlabels.data import Split
+    from fewlabels.pipelines.noisy_student import run_unlabeled_pool
+
+    labels = handmade(tmp_path)  # 9 rows, classes a, b, c
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def save_split(rows: int, classes: list[str]) -> None:
+        Split([0, 4], list(range(8)), [8], seed=0, data={"rows": rows, "classes": classes}).save(run / "split.json")
+
+    save_split(9, ["a", "b", "c"])
+    assert run_unlabeled_pool(run, labels).tolist() == [1, 2, 3, 5, 6, 7]  # U: the pool minus labeled and val rows
+    save_split(12, ["a", "b", "c"])
+    with pytest.raises(ConfigError, match=r"cover 9 rows but the split of .* was drawn from 12 training rows"):
+        run_unlabeled_pool(run, labels)
+    save_split(9, ["a", "b", "d"])
+    with pytest.raises(ConfigError, match=r"classes \['a', 'b', 'c'\] but the run .* has \['a', 'b', 'd'\]"):
+        run_unlabeled_pool(run, labels)
+    (run / "config.yaml").write_text("{}\n")
+    out = tmp_path / "sel.safetensors"
+    assert main(["select", str(labels.path), "--out", str(out), "--run", str(run)]) == 2
+    assert "pass the run whose teacher wrote them" in capsys.readouterr().err and not out.exists()

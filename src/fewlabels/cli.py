@@ -361,17 +361,14 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> None:
 
 
 def _cmd_select(args: argparse.Namespace) -> None:
-    from fewlabels.data import Split
     from fewlabels.engine.run import Run
-    from fewlabels.pipelines.noisy_student import unlabeled_pool
-    from fewlabels.pipelines.pseudo_label import select
+    from fewlabels.pipelines.noisy_student import run_unlabeled_pool
+    from fewlabels.pipelines.pseudo_label import PseudoLabels, select
 
-    subset = None
-    if args.run is not None:
-        run = Run(args.run)
-        subset = unlabeled_pool(Split.load(run.path / "split.json"))
+    labels = PseudoLabels(args.labels)
+    subset = None if args.run is None else run_unlabeled_pool(Run(args.run).path, labels)
     chosen = select(
-        args.labels,
+        labels,
         threshold=args.threshold,
         per_class=args.per_class,
         balance=not args.no_balance,

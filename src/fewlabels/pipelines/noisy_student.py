@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from fewlabels.engine.stage import (
 from fewlabels.errors import ConfigError
 from fewlabels.io import atomic_write_text
 from fewlabels.models import MODELS
+
+if TYPE_CHECKING:
+    from fewlabels.pipelines.pseudo_label import PseudoLabels
 
 
 @dataclass
@@ -213,7 +216,11 @@ def noisy_student(
                 # full=True: the student's soft targets are the teacher's whole softmax, not a top-5 rebuild.
                 pseudo_label(current.path, bundle.x_train, labels_dir, batch_size=batch_size, full=True, progress=False)
             if not selection_path.exists():
-                pool = unlabeled_pool(Split.load(current.path / "split.json"))
+                if bundle is None:
+                    bundle = load_data(base.data)
+                # The data may have changed since the teacher drew its split (a resumed pipeline).
+                Split.load(current.path / "split.json").check_fits(bundle)
+                pool = run_unlabeled_pool(current.path, PseudoLabels(labels_dir))
                 chosen = select(
                     PseudoLabels(labels_dir),
                     threshold=threshold,
@@ -241,6 +248,26 @@ def unlabeled_pool(split: Split) -> np.ndarray:
     into x_train). The split's pool includes the labeled rows by default (FixMatch's convention); the teacher
     already trained on those with their true labels."""
     return np.setdiff1d(split.unlabeled, np.union1d(split.labeled, split.val))
+
+
+def run_unlabeled_pool(run: str | Path, labels: PseudoLabels) -> np.ndarray:
+    """`unlabeled_pool` of the run's split, after checking that the pseudo-labels index the same training rows:
+    their pool must have the split's row count and the run's classes (a split of other data would keep or drop
+    the wrong rows without an error)."""
+    split = Split.load(Path(run).expanduser() / "split.json")
+    if split.data is not None:
+        rows, classes = split.data.get("rows"), split.data.get("classes")
+        if rows is not None and rows != labels.num_items:
+            raise ConfigError(
+                f"the pseudo-labels in {labels.path} cover {labels.num_items} rows but the split of {run} was drawn "
+                f"from {rows} training rows: pseudo-label that run's training data (its dataset, without a test set)"
+            )
+        if classes is not None and list(classes) != labels.classes:
+            raise ConfigError(
+                f"the pseudo-labels in {labels.path} have classes {labels.classes} but the run {run} has {classes}: "
+                "pass the run whose teacher wrote them"
+            )
+    return unlabeled_pool(split)
 
 
 def _write_report(out: Path, settings: dict[str, Any], result: NoisyStudentResult) -> None:
