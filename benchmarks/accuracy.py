@@ -40,6 +40,7 @@ FIELDS = [
     "test_accuracy",
     "test_accuracy_median_last",
     "val_accuracy",
+    "hardware",
 ]
 
 
@@ -67,6 +68,7 @@ def load_rows(stem: Path) -> dict[tuple[str, ...], dict]:
             for k in ("wall_seconds", "test_accuracy", "test_accuracy_median_last"):
                 r[k] = float(r[k])
             r["val_accuracy"] = float(r["val_accuracy"]) if r["val_accuracy"] else None
+            r["hardware"] = r.get("hardware") or ""  # rows written before runs recorded their machine
             rows[cell_key(r["dataset"], r["labels_per_class"], r["algorithm"], r["seed"], r["budget"])] = r
     return rows
 
@@ -110,6 +112,15 @@ def _order(dataset: str, lpc: str, algorithm: str) -> tuple[int, int, int]:
     return d, row, a
 
 
+def _machines(rows: list[dict]) -> str:
+    """The machines the cells ran on, with their cell counts; rows of older sessions did not record one."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        name = r.get("hardware") or "not recorded (cells of sessions before runs saved it, on 2-core CPU machines)"
+        counts[name] = counts.get(name, 0) + 1
+    return "; ".join(f"{name}: {n} cell{'s' if n > 1 else ''}" for name, n in counts.items())
+
+
 def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
@@ -137,10 +148,10 @@ def write_report(rows: list[dict], args: argparse.Namespace, wall: float, stem: 
     lines = [
         "# Accuracy: FixMatch family vs labels only",
         "",
-        f"Hardware of the session that wrote this file (cells of earlier sessions may have run on another "
-        f"2-core machine of the same kind): {cpu}, {torch.get_num_threads()} torch threads, "
+        f"Hardware of the session that wrote this file: {cpu}, {torch.get_num_threads()} torch threads, "
         f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; "
-        f"torch {torch.__version__}.",
+        f"torch {torch.__version__}. Hardware of the cells (each run's summary.json names its machine; a budget's "
+        f"step count depends on it): {_machines(rows)}.",
         f"Budget {', '.join(budgets)} of wall-clock per run (the schedule is fitted to it; cells of different "
         "budgets are listed apart); the seeds each cell has "
         "finished are in its row (the protocol asks for 0, 1 and 2); default model and augmentation of each "

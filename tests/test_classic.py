@@ -29,6 +29,7 @@ from fewlabels.data import Split, load_dataset, make_split
 from fewlabels.engine.classic import fit_rows
 from fewlabels.engine.run import Run
 from fewlabels.errors import ConfigError
+from fewlabels.hardware import cpu_model
 
 
 @pytest.fixture(autouse=True)
@@ -203,8 +204,9 @@ def test_an_interrupted_fit_starts_afresh_on_resume(tmp_path, monkeypatch):
     monkeypatch.undo()
     run = fewlabels.train(**overrides, resume=True)  # no checkpoint to continue: one fit is all it takes
     whole = fewlabels.train(**{**overrides, "out": str(tmp_path / "whole")})  # never interrupted
-    for key in ("test_accuracy", "val_accuracy", "num_labels"):
+    for key in ("test_accuracy", "val_accuracy", "num_labels", "hardware"):
         assert run.summary[key] == whole.summary[key], key
+    assert run.summary["hardware"].startswith(cpu_model())
     assert run.summary["test_accuracy"] > 0.5
 
 

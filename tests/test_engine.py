@@ -9,6 +9,7 @@ import statistics
 import numpy as np
 import pytest
 import torch
+from engine_killer import kill_at_step
 from safetensors.torch import load_file
 from torch import nn
 
@@ -21,6 +22,7 @@ from fewlabels.engine.ema import ModelEMA
 from fewlabels.engine.schedule import lr_factor, parameter_groups
 from fewlabels.engine.trainer import optimizer_step
 from fewlabels.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from fewlabels.hardware import hardware_line
 
 TINY = {
     "data.dataset": "digits",
@@ -41,17 +43,10 @@ def tiny(tmp_path, name="run", **extra):
 
 def train_killed_at_step_9(monkeypatch, cfg: dict) -> None:
     """Train `cfg` until the engine is killed before step 9 (after the evaluation and checkpoint at step 6)."""
-    real_step = trainer._train_step
-
-    def dying_step(ctx, step, total):
-        if step == 9:
-            raise KeyboardInterrupt
-        return real_step(ctx, step, total)
-
-    monkeypatch.setattr(trainer, "_train_step", dying_step)
+    switch = kill_at_step(monkeypatch, 9)
     with pytest.raises(KeyboardInterrupt):
         fewlabels.train(**cfg)
-    monkeypatch.setattr(trainer, "_train_step", real_step)
+    switch.remove()
 
 
 def test_run_folder_holds_everything_a_user_needs(tmp_path):
@@ -81,6 +76,8 @@ def test_run_folder_holds_everything_a_user_needs(tmp_path):
         assert s[key] is not None, key
     assert s["steps"] == 12 and s["num_labels"] == 20 and s["algorithm"] == "fixmatch"
     assert 0.0 <= s["test_accuracy"] <= 1.0
+    # The machine it ran on: a wall-clock budget's step count depends on it.
+    assert s["device"] == "cpu" and s["hardware"] == hardware_line() and "torch threads, no GPU" in s["hardware"]
     rows = run.metrics()
     train_rows = [r for r in rows if "loss" in r]
     eval_rows = [r for r in rows if r.get("kind") == "eval"]

@@ -14,6 +14,7 @@ import os
 import pytest
 import torch
 from data_fixtures import write_fashion_mnist
+from engine_killer import kill_at_step
 from torch import nn
 
 import fewlabels
@@ -140,18 +141,11 @@ def test_a_gpu_run_resumes_and_its_model_is_evaluated_on_the_cpu(tmp_path, monke
     settings.update({"train.checkpoint_every": 20, "train.log_every": 10})
     whole = fewlabels.train(**settings, out=str(tmp_path / "whole"))
 
-    real_step = trainer._train_step
-
-    def dying_step(ctx, step, total):
-        if step == 30:
-            raise KeyboardInterrupt
-        return real_step(ctx, step, total)
-
-    monkeypatch.setattr(trainer, "_train_step", dying_step)
+    switch = kill_at_step(monkeypatch, 30)
     with pytest.raises(KeyboardInterrupt):
         fewlabels.train(**settings, out=str(tmp_path / "cut"))
     assert ckpt.load_checkpoint(tmp_path / "cut", device="cpu")["step"] == 20
-    monkeypatch.setattr(trainer, "_train_step", real_step)
+    switch.remove()
     resumed = fewlabels.train(**settings, out=str(tmp_path / "cut"), resume=True)
     assert resumed.summary["steps"] == 40
     # GPU kernels (atomics in convolution backward passes) need not be bit-exact run to run: the resumed run must

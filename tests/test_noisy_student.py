@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from engine_killer import KillSwitch
 from torch import nn
 
 import fewlabels
@@ -14,7 +15,6 @@ from fewlabels.algorithms import Batch, BatchPart, StepContext, create_algorithm
 from fewlabels.config import resolve_config
 from fewlabels.data import load_data
 from fewlabels.data.split import Split
-from fewlabels.engine import trainer
 from fewlabels.errors import ConfigError
 from fewlabels.pipelines.noisy_student import noisy_student
 from fewlabels.pipelines.pseudo_label import PseudoLabels, Selection
@@ -99,26 +99,17 @@ def test_student_needs_a_matching_selection(tmp_path):
 def test_pipeline_stages_noise_and_resume(tmp_path, monkeypatch):
     out = tmp_path / "ns"
     kwargs = dict(dataset="digits", labels_per_class=4, iterations=2, overrides=FAST)
-    real_step = trainer._train_step
-    calls = {"n": 0, "killed": False}
-
-    def dying_step(ctx, step, total):
-        if "iter-2" in str(ctx.folder) and step == 25 and not calls["killed"]:
-            calls["killed"] = True
-            raise KeyboardInterrupt  # killed inside the second student, after its checkpoint at step 20
-        calls["n"] += 1
-        return real_step(ctx, step, total)
-
-    monkeypatch.setattr(trainer, "_train_step", dying_step)
+    # Killed inside the second student, after its checkpoint at step 20.
+    switch = KillSwitch(monkeypatch, lambda ctx, step: "iter-2" in str(ctx.folder) and step == 25)
     with pytest.raises(KeyboardInterrupt):
         noisy_student(out, **kwargs)
     assert (out / "iter-1" / "student" / "summary.json").exists()
     assert not (out / "iter-2" / "student" / "summary.json").exists()
     mtimes = {p: (out / p / "summary.json").stat().st_mtime_ns for p in ("teacher", "iter-1/student")}
 
-    calls["n"] = 0
+    switch.steps = 0
     result = noisy_student(out, **kwargs)
-    assert calls["n"] == 10  # only the second student, from its checkpoint at step 20 to step 30
+    assert switch.steps == 10  # only the second student, from its checkpoint at step 20 to step 30
     assert all((out / p / "summary.json").stat().st_mtime_ns == t for p, t in mtimes.items())
     assert len(result.students) == 2 and len(result.accuracies()) == 3
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from engine_killer import KillSwitch
 from safetensors.torch import load_file
 
 from fewlabels.algorithms import Batch, BatchPart, StepContext, create_algorithm
 from fewlabels.algorithms.simclr import nt_xent
 from fewlabels.config import resolve_config
-from fewlabels.engine import trainer
 from fewlabels.engine.setup import init_from_run
 from fewlabels.errors import ConfigError
 from fewlabels.models import create_model
@@ -112,22 +112,12 @@ def test_init_from_copies_backbone_and_neck_but_not_the_classifier(tmp_path):
 def test_pipeline_binary_task_resume_and_report(tmp_path, monkeypatch):
     out = tmp_path / "simclr"
     kwargs = dict(dataset="digits", classes=[3, 8], labels_per_class=5, overrides=FAST)
-    real_step = trainer._train_step
-    state = {"killed": False, "steps": 0}
-
-    def dying_step(ctx, step, total):
-        if ctx.cfg.algorithm.name == "distill" and step == 8 and not state["killed"]:
-            state["killed"] = True
-            raise KeyboardInterrupt
-        state["steps"] += 1
-        return real_step(ctx, step, total)
-
-    monkeypatch.setattr(trainer, "_train_step", dying_step)
+    switch = KillSwitch(monkeypatch, lambda ctx, step: ctx.cfg.algorithm.name == "distill" and step == 8)
     with pytest.raises(KeyboardInterrupt):
         simclr(out, **kwargs)
-    state["steps"] = 0
+    switch.steps = 0
     result = simclr(out, **kwargs)
-    assert state["steps"] == 6  # only the distillation stage, from its checkpoint at step 6
+    assert switch.steps == 6  # only the distillation stage, from its checkpoint at step 6
     finetune = resolve_config(out / "finetune" / "config.yaml")
     assert finetune.model.init_from == str(out / "pretrain") and finetune.model.neck == 1
     assert resolve_config(out / "pretrain" / "config.yaml").model.neck == 2

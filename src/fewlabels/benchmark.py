@@ -33,7 +33,6 @@ import io
 import json
 import operator
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -50,6 +49,7 @@ from fewlabels.config import Config, model_settings, parse_assignment, parse_dur
 from fewlabels.engine.stage import read_summary, resumable
 from fewlabels.engine.trainer import train
 from fewlabels.errors import ConfigError, FewLabelsError, check_options
+from fewlabels.hardware import cpu_count, hardware_line, machine_environment
 from fewlabels.io import atomic_write_bytes, atomic_write_text
 
 FORMAT_VERSION = 1
@@ -414,48 +414,10 @@ def _merge_meta(old: dict[str, Any] | None, new: dict[str, Any], out: Path) -> d
     return merged
 
 
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def _environment(jobs: int, threads: int | None) -> dict[str, Any]:
-    import torch
-
-    return {
-        "cpu": _cpu_model(),
-        "cpu_count": _cpu_count(),
-        "torch_threads": threads if threads is not None else torch.get_num_threads(),
-        "jobs": jobs,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def hardware_line() -> str:
-    """One line for results files: CPU model and count, torch threads, GPU, torch version."""
-    env = _environment(1, None)
-    gpu = f"GPU {env['gpu']}" if env["gpu"] else "no GPU"
-    return f"{env['cpu']} ({env['cpu_count']} CPUs), {env['torch_threads']} torch threads, {gpu}; torch {env['torch']}"
-
-
 def _subprocess_threads(jobs: int) -> int:
     """Threads per parallel cell: OMP_NUM_THREADS when the user set it, else the CPUs shared evenly."""
     given = os.environ.get("OMP_NUM_THREADS", "")
-    return int(given) if given.isdigit() and int(given) > 0 else max(1, _cpu_count() // jobs)
+    return int(given) if given.isdigit() and int(given) > 0 else max(1, cpu_count() // jobs)
 
 
 def _row(dataset: str, cell: Cell, summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -551,7 +513,7 @@ def _results_csv(rows: list[dict[str, Any]]) -> str:
 def _report_md(meta: dict[str, Any], rows: list[dict[str, Any]], summary: list[CellSummary], missing: list[str]) -> str:
     from fewlabels.algorithms.classic import is_classic
 
-    cfg, env = meta["config"], meta.get("environment") or _environment(1, None)
+    cfg, env = meta["config"], meta.get("environment") or machine_environment(1, None)
     t = cfg["train"]
     seeds = meta["seeds"]
     budgets = meta["labels_per_class"]
@@ -886,7 +848,7 @@ def run_benchmark(
         "algorithm_options": effective,
         "config": _shared_settings(base, dataset),
         "cells": [c.to_json() for c in cells],
-        "environment": _environment(jobs, threads),
+        "environment": machine_environment(jobs, threads),
         "created": now,
         "updated": now,
     }

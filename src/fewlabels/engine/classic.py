@@ -21,6 +21,7 @@ from fewlabels.engine.evaluate import accuracy, binary_roc_auc, confusion_matrix
 from fewlabels.engine.run import Run
 from fewlabels.engine.setup import config_diff, default_out, prepare_folder
 from fewlabels.errors import ConfigError
+from fewlabels.hardware import hardware_line
 from fewlabels.io import atomic_write_text
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ def fit_classic(cfg: Config, bundle: DataBundle | None = None, *, resume: bool =
         "test_accuracy_median_last": final.get("test_accuracy"),  # one evaluation: its median is itself
         "device": "cpu",
         "world_size": 1,
+        "hardware": hardware_line(),
         "skipped_files": len(bundle.skipped_files),
         **{k: final[k] for k in ("per_class_test_accuracy", "confusion_matrix") if k in final},
     }

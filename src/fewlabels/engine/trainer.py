@@ -45,6 +45,7 @@ from fewlabels.engine.run import Run, save_model
 from fewlabels.engine.schedule import lr_factor, set_lr
 from fewlabels.engine.setup import Context, build_context, context_state, restore_context
 from fewlabels.errors import ConfigError, TrainingDiverged
+from fewlabels.hardware import hardware_line
 from fewlabels.io import atomic_write_text
 
 
@@ -378,6 +379,7 @@ def _finish(ctx: Context, step: int, wall: float, history: list[float]) -> None:
         "test_accuracy_median_last": statistics.median(history[-cfg.train.eval_last_k :]) if history else None,
         "device": str(ctx.device),
         "world_size": ctx.info.world_size,
+        "hardware": hardware_line(),
         "skipped_files": len(b.skipped_files),
     }
     if "test_logits" in final:
