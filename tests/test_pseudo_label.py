@@ -554,6 +554,8 @@ def test_select_refuses_a_run_whose_split_indexes_other_rows_or_classes(tmp_path
 
     save_split(9, ["a", "b", "c"])
     assert run_unlabeled_pool(run, labels).tolist() == [1, 2, 3, 5, 6, 7]  # U: the pool minus labeled and val rows
+    with pytest.raises(DataError, match=r"not the data this run's split was drawn from \(9 training rows then"):
+        run_unlabeled_pool(run, labels, load_dataset("digits"))  # the data the pipeline reloads must fit too
     save_split(12, ["a", "b", "c"])
     with pytest.raises(ConfigError, match=r"cover 9 rows but the split of .* was drawn from 12 training rows"):
         run_unlabeled_pool(run, labels)

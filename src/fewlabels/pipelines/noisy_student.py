@@ -38,6 +38,7 @@ from fewlabels.io import atomic_write_text
 from fewlabels.models import MODELS
 
 if TYPE_CHECKING:
+    from fewlabels.data import DataBundle
     from fewlabels.pipelines.pseudo_label import PseudoLabels
 
 
@@ -219,8 +220,7 @@ def noisy_student(
                 if bundle is None:
                     bundle = load_data(base.data)
                 # The data may have changed since the teacher drew its split (a resumed pipeline).
-                Split.load(current.path / "split.json").check_fits(bundle)
-                pool = run_unlabeled_pool(current.path, PseudoLabels(labels_dir))
+                pool = run_unlabeled_pool(current.path, PseudoLabels(labels_dir), bundle)
                 chosen = select(
                     PseudoLabels(labels_dir),
                     threshold=threshold,
@@ -250,11 +250,13 @@ def unlabeled_pool(split: Split) -> np.ndarray:
     return np.setdiff1d(split.unlabeled, np.union1d(split.labeled, split.val))
 
 
-def run_unlabeled_pool(run: str | Path, labels: PseudoLabels) -> np.ndarray:
+def run_unlabeled_pool(run: str | Path, labels: PseudoLabels, bundle: DataBundle | None = None) -> np.ndarray:
     """`unlabeled_pool` of the run's split, after checking that the pseudo-labels index the same training rows:
     their pool must have the split's row count and the run's classes (a split of other data would keep or drop
-    the wrong rows without an error)."""
+    the wrong rows without an error); with `bundle`, the split must also fit that data (`Split.check_fits`)."""
     split = Split.load(Path(run).expanduser() / "split.json")
+    if bundle is not None:
+        split.check_fits(bundle)
     if split.data is not None:
         rows, classes = split.data.get("rows"), split.data.get("classes")
         if rows is not None and rows != labels.num_items:
