@@ -19,10 +19,9 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
 import fewlabels
 from fewlabels.config import parse_duration
+from fewlabels.hardware import hardware_line
 from fewlabels.io import atomic_open, atomic_write_text
 
 RESULTS = Path(__file__).parent / "results"
@@ -136,21 +135,12 @@ def write_report(rows: list[dict], args: argparse.Namespace, wall: float, stem: 
         writer.writeheader()
         for r in rows:
             writer.writerow({k: r.get(k) for k in FIELDS})
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        "unknown CPU",
-    )
     budgets = sorted({str(r["budget"]) for r in rows}) or [args.budget]
     lines = [
         "# Accuracy: FixMatch family vs labels only",
         "",
-        f"Hardware of the session that wrote this file: {cpu}, {torch.get_num_threads()} torch threads, "
-        f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}; "
-        f"torch {torch.__version__}. Hardware of the cells (each run's summary.json names its machine; a budget's "
+        f"Hardware of the session that wrote this file: {hardware_line()}. "
+        "Hardware of the cells (each run's summary.json names its machine; a budget's "
         f"step count depends on it): {_machines(rows)}.",
         f"Budget {', '.join(budgets)} of wall-clock per run (the schedule is fitted to it; cells of different "
         "budgets are listed apart); the seeds each cell has "
