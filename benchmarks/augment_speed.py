@@ -10,6 +10,7 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,7 +26,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_policy(policy, x: torch.Tensor, generator: torch.Generator, repeats: int) -> float:
+def time_policy(
+    policy: Callable[..., torch.Tensor], x: torch.Tensor, generator: torch.Generator, repeats: int
+) -> float:
     """Median wall time in ms of policy(x) over `repeats` runs after two warm-up runs."""
     for _ in range(2):
         policy(x, generator)

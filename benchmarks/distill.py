@@ -29,7 +29,7 @@ MODES = ["function_matching", "consistent", "fixed"]
 STUDENT = {"model.name": "mlp", "model.options": {"hidden": [64, 32]}}  # about half the teacher
 
 
-def params(name: str, **options) -> int:
+def params(name: str, **options: object) -> int:
     return sum(p.numel() for p in create_model(name, 10, (1, 28, 28), **options).parameters())
 
 

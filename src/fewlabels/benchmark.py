@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -695,7 +695,9 @@ def _prepare_cell(folder: Path, cfg: Config) -> bool:
     return resume
 
 
-def _run_in_process(todo: list[tuple[Cell, Config, bool]], out: Path, progress: bool, on_done) -> list[CellFailure]:
+def _run_in_process(
+    todo: list[tuple[Cell, Config, bool]], out: Path, progress: bool, on_done: Callable[[], None]
+) -> list[CellFailure]:
     failures = []
     for i, (cell, cfg, resume) in enumerate(todo, 1):
         _say(progress, f"[{i}/{len(todo)}] {'resuming' if resume else 'training'} {cell.name}")
@@ -713,7 +715,7 @@ def _run_in_process(todo: list[tuple[Cell, Config, bool]], out: Path, progress: 
 
 
 def _run_subprocesses(
-    todo: list[tuple[Cell, Config, bool]], out: Path, jobs: int, progress: bool, on_done
+    todo: list[tuple[Cell, Config, bool]], out: Path, jobs: int, progress: bool, on_done: Callable[[], None]
 ) -> list[CellFailure]:
     threads = str(_subprocess_threads(jobs))
     env = dict(os.environ)

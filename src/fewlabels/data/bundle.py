@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -69,7 +70,7 @@ class DataBundle:
         shape = (1, -1, 1, 1) if image else (1, -1)
         n = x.numel() // x.shape[1]  # values per channel (or per feature)
 
-        def chunks():  # one float64 chunk at a time
+        def chunks() -> Iterator[torch.Tensor]:  # one float64 chunk at a time
             for i in range(0, len(x), 4096):
                 yield x[i : i + 4096].double() / (255.0 if image else 1.0)
 
