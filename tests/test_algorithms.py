@@ -122,6 +122,58 @@ def test_fixmatch_gradients_reach_strong_view_only_where_masked():
     assert grad[1].abs().sum() == 0  # masked out
 
 
+@pytest.mark.parametrize("name", ["fixmatch", "flexmatch", "freematch", "softmatch"])
+def test_gradients_skip_the_weak_view_and_follow_the_mask(name):
+    """The pseudo-labelling pass has no gradient; a strong-view row gets one exactly where its weight is non-zero."""
+    algo = create_algorithm(name, 2, 3)
+    for step in range(2):  # past the first step, so the adaptive thresholds have some history
+        batch = make_batch(requires_grad=True)
+        model = Echo()
+        out = algo.step(model, batch, ctx(step=step))
+        out.loss.backward()
+        assert batch.unlabeled["weak"].grad is None
+        weight = out.pseudo[1]
+        grad = batch.unlabeled["strong"].grad.abs().sum(-1)
+        assert torch.equal(grad > 0, weight > 0), (name, step, grad, weight)
+        assert model.scale.grad is not None and model.scale.grad.abs() > 0
+
+
+def test_softmatch_step_by_hand_with_a_soft_weight():
+    """Loss = CE(labeled) + sum_i w_i CE(strong_i, argmax weak_i) / B_u, w from the batch's own mean and variance."""
+    algo = create_algorithm("softmatch", 2, 3, momentum=0.0, uniform_alignment=False)
+    batch = make_batch(requires_grad=True)
+    out = algo.step(Echo(), batch, ctx())
+    conf = [softmax_max(row) for row in U_W]  # 0.982, 0.622, 0.993
+    mu = sum(conf) / 3
+    var = sum((c - mu) ** 2 for c in conf) / 2  # unbiased
+    w = [math.exp(-(min(c - mu, 0.0) ** 2) / (2 * var / 2.0**2)) for c in conf]
+    assert w[0] == 1.0 and w[2] == 1.0 and 0 < w[1] < 1  # only the row under the mean confidence is decayed
+    assert out.pseudo[1].tolist() == pytest.approx(w, rel=1e-5)
+    pseudo = [0, 1, 1]
+    loss_u = sum(w[i] * ce(U_S[i], pseudo[i]) for i in range(3)) / 3
+    assert out.loss.item() == pytest.approx(LOSS_L + loss_u, rel=1e-6)
+    # d CE(z, y) / dz = softmax(z) - onehot(y); each row's gradient is scaled by its weight and 1 / B_u.
+    out.loss.backward()
+    for i in range(3):
+        z = [math.exp(v) for v in U_S[i]]
+        expected = [w[i] / 3 * (z[c] / sum(z) - (c == pseudo[i])) for c in range(2)]
+        assert batch.unlabeled["strong"].grad[i].tolist() == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
+def test_supervised_gradients_reach_the_model_only():
+    batch = make_batch(requires_grad=True)
+    model = Echo()
+    out = create_algorithm("supervised", 2).step(model, batch, ctx())
+    out.loss.backward()
+    assert batch.unlabeled["weak"].grad is None and batch.unlabeled["strong"].grad is None
+    # d/ds mean_i CE(s * x_i, y_i) = mean_i x_i . (softmax(s x_i) - onehot(y_i)) at s = 1
+    expected = 0.0
+    for x, y in zip(X_L, Y_L, strict=True):
+        z = [math.exp(v) for v in x]
+        expected += sum(x[c] * (z[c] / sum(z) - (c == y)) for c in range(2)) / 2
+    assert model.scale.grad.item() == pytest.approx(expected, rel=1e-6)
+
+
 def test_pseudo_label_ramps_up_and_trains_the_same_view():
     algo = create_algorithm("pseudo_label", 2, 3, warmup=0.5)
     batch = make_batch(requires_grad=True)
@@ -327,6 +379,12 @@ def test_state_round_trip_continues_identically(name):
     assert torch.equal(out_a.pseudo[1], out_b.pseudo[1])
     for key, value in a.state_dict().items():
         assert torch.equal(torch.as_tensor(value), torch.as_tensor(b.state_dict()[key]))
+    if name in ("fixmatch", "pseudo_label"):  # fixed thresholds: nothing to save, and nothing else is accepted
+        assert a.state_dict() == {}
+        with pytest.raises(ValueError, match="keeps no state"):
+            b.load_state_dict({"thresholds": torch.zeros(2)})  # e.g. a FlexMatch checkpoint
+    else:
+        assert a.state_dict()  # the adaptive methods carry their statistics in checkpoints
 
 
 @pytest.mark.parametrize("name", ["flexmatch", "freematch", "softmatch"])

@@ -193,7 +193,13 @@ def test_predict_images_writes_csv_file(tmp_path, capsys):
     assert run_cli(capsys, "predict", str(out_dir), str(folder), "-o", str(target))[0] == 0
     rows = list(csv.DictReader(target.open()))
     assert [r["input"].rsplit("/", 1)[1] for r in rows] == ["0.png", "1.png", "2.png", "rgb.png"]
-    assert all(r["class"] in [str(d) for d in range(10)] for r in rows)
+    # The same images converted by hand (grey levels 0, 40, 80; the red one through PIL's luma weights: 0.299 * 200
+    # + 0.587 * 10 + 0.114 * 10 = 66.8 -> 67) and resized to 8x8 (a uniform image stays uniform) give the CSV's rows.
+    x = np.stack([np.full((1, 8, 8), v, dtype=np.uint8) for v in (0, 40, 80, 67)])
+    probs = Run(out_dir).predict_proba(x)
+    classes = Run(out_dir).classes
+    assert [r["class"] for r in rows] == [classes[i] for i in probs.argmax(1)]
+    assert [float(r["confidence"]) for r in rows] == pytest.approx(probs.max(1).tolist(), abs=1e-5)
 
 
 def test_yaml_defaults_and_flag_overrides(tmp_path, capsys):

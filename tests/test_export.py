@@ -182,7 +182,10 @@ def test_export_to_a_folder_and_the_best_model(image_run, tmp_path, capsys):
     target.mkdir()
     code = main(["export", str(image_run), "--format", "safetensors", "--which", "best", "--out", str(target)])
     assert code == 0, capsys.readouterr().err
-    assert (target / "best.safetensors").is_file()
+    best = load_exported(target / "best.safetensors")  # the CLI's --which reaches the file: the best model
+    assert best.metadata["which"] == "best"
+    x = images(5)
+    np.testing.assert_allclose(best.predict_proba(x), Run(image_run).predict_proba(x, which="best"), atol=1e-6)
     # A folder that does not exist yet: a trailing separator or a name without a suffix.
     code = main(["export", str(image_run), "--format", "safetensors", "--out", str(tmp_path / "deploy") + "/"])
     assert code == 0, capsys.readouterr().err

@@ -35,7 +35,8 @@ class FixedThreshold:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        if state:  # e.g. an adaptive method's thresholds: loading them here would drop them silently
+            raise ValueError(f"a fixed threshold keeps no state, got keys {sorted(state)}")
 
 
 class CurriculumThreshold:
