@@ -441,6 +441,17 @@ def test_remixmatch_loss_by_hand():
     assert out.loss.item() == pytest.approx((loss_l + 1.5 * loss_u + 0.5 * loss_u1).item(), rel=1e-5)
 
 
+def test_remixmatch_weak_view_only_makes_the_guess():
+    """The weak view feeds the guess under no_grad; the strong views carry the gradient."""
+    algo = create_algorithm("remixmatch", 2, 3, num_strong=2)
+    algo.extend_model(Echo())
+    b = batch({"weak": U1, "strong": U2, "strong2": U1}, requires_grad=True)
+    out = algo.step(Echo(), b, ctx(step=40))
+    out.loss.backward()
+    assert b.unlabeled["weak"].grad is None
+    assert b.unlabeled["strong"].grad.abs().sum() > 0 and b.unlabeled["strong2"].grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize(
     ("name", "options", "views", "step", "total", "ramp"),
     [
@@ -591,6 +602,10 @@ def test_state_round_trip_continues_identically(name):
     assert out_a.loss.item() == out_b.loss.item()
     for key, value in a.state_dict().items():
         assert torch.equal(torch.as_tensor(value), torch.as_tensor(b.state_dict()[key]))
+    if name not in ("temporal_ensembling", "remixmatch"):  # stateless: nothing saved, foreign state refused
+        assert a.state_dict() == {}
+        with pytest.raises(ValueError, match="keeps no state"):
+            b.load_state_dict({"targets": torch.zeros(3, 2)})
 
 
 @pytest.mark.parametrize("name", ["temporal_ensembling", "remixmatch"])

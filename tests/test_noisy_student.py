@@ -62,7 +62,7 @@ def test_student_loss_by_hand(tmp_path):
     positions = [0, 1, 2, 0]
     batch = Batch(
         labeled=BatchPart({"strong": torch.tensor(x_l)}, y=torch.tensor([0, 1])),
-        unlabeled=BatchPart({"strong": torch.tensor(u)}, index=torch.tensor(positions)),
+        unlabeled=BatchPart({"strong": torch.tensor(u, requires_grad=True)}, index=torch.tensor(positions)),
     )
     out = algo.step(Echo(), batch, StepContext(step=0, total_steps=10, num_classes=2))
 
@@ -84,6 +84,15 @@ def test_student_loss_by_hand(tmp_path):
         / 4
     )
     assert out.loss.item() == pytest.approx(loss_l + 2.0 * loss_u, rel=1e-5)  # lambda_u = B_u / B_l = 4 / 2
+    # Gradient: d/dz of soft CE(z, t) is softmax(z) - t, scaled by lambda_u / B_u = 2 / 4 for each pool row; the
+    # teacher's soft labels are constants.
+    out.loss.backward()
+    for i, (p, row) in enumerate(zip(positions, u, strict=True)):
+        expected = [0.5 * (math.exp(lp) - t) for lp, t in zip(log_softmax(row), targets[p], strict=True)]
+        assert batch.unlabeled["strong"].grad[i].tolist() == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    assert algo.state_dict() == {}  # the selection file is config, not state: nothing in checkpoints
+    with pytest.raises(ValueError, match="keeps no state"):
+        algo.load_state_dict({"targets": torch.zeros(3, 2)})
 
 
 def test_student_needs_a_matching_selection(tmp_path):
