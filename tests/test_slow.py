@@ -31,6 +31,7 @@ def test_fixmatch_beats_supervised_on_fashion_mnist(tmp_path):
     assert rows[-1]["mask"] > 0.5 and rows[-1]["pseudo_accuracy"] > 0.8
 
 
+@pytest.mark.filterwarnings("ignore:the student model .cnn. has no stochastic depth")
 def test_a_noised_student_beats_its_teacher_on_fashion_mnist(tmp_path):
     """Noisy Student's claim at small scale (benchmarks/results/noisy_student.md, seed 0: 72.8% -> 75.2%)."""
     from fewlabels.pipelines.noisy_student import noisy_student

@@ -1,7 +1,7 @@
 """Short real training runs on digits: every semi-supervised algorithm must beat labels-only training.
 
-Same split, model, seed, schedule and step count for every algorithm; the margin is measured on the digits test
-split (a fixed 30% hold-out), which no run selects on.
+Same split, model, seed and schedule for every algorithm, each compared with labels-only training of the same step
+count; the margin is measured on the digits test split (a fixed 30% hold-out), which no run selects on.
 """
 
 from __future__ import annotations
@@ -36,28 +36,32 @@ def train(tmp_path_factory):
     torch.set_num_threads(2)
     root, runs = tmp_path_factory.mktemp("runs"), {}
 
-    def get(algorithm: str) -> fewlabels.Run:
-        if algorithm not in runs:
-            runs[algorithm] = fewlabels.train(**SETTINGS, **{"algorithm.name": algorithm, "out": str(root / algorithm)})
-        return runs[algorithm]
+    def get(algorithm: str, steps: int = 400) -> fewlabels.Run:
+        if (algorithm, steps) not in runs:
+            out = str(root / f"{algorithm}-{steps}")
+            settings = {**SETTINGS, "train.steps": steps, "train.checkpoint_every": steps}
+            runs[algorithm, steps] = fewlabels.train(**settings, **{"algorithm.name": algorithm, "out": out})
+        return runs[algorithm, steps]
 
     yield get
     torch.set_num_threads(threads)
 
 
+# Pseudo-Label ramps its weight up over 40% of training and trusts only predictions >= 0.95: in 400 steps it gains
+# 1.3 points over labels only (87.9%), in 1,600 steps 6.5 (94.2% vs 87.8%), so it is held to a margin there.
 @pytest.mark.parametrize(
-    ("algorithm", "margin"),
+    ("algorithm", "margin", "steps"),
     [
-        ("fixmatch", 0.03),
-        ("flexmatch", 0.03),
-        ("freematch", 0.03),
-        ("softmatch", 0.03),
-        ("pseudo_label", 0.0),
+        ("fixmatch", 0.03, 400),
+        ("flexmatch", 0.03, 400),
+        ("freematch", 0.03, 400),
+        ("softmatch", 0.03, 400),
+        ("pseudo_label", 0.03, 1600),
     ],
 )
-def test_semi_supervised_beats_labels_only(train, algorithm, margin):
-    supervised = train("supervised").summary["test_accuracy"]
-    run = train(algorithm)
+def test_semi_supervised_beats_labels_only(train, algorithm, margin, steps):
+    supervised = train("supervised", steps).summary["test_accuracy"]
+    run = train(algorithm, steps)
     accuracy = run.summary["test_accuracy"]
     assert accuracy > supervised + margin, (algorithm, accuracy, supervised)
     rows = [r for r in run.metrics() if "mask" in r]
@@ -71,23 +75,24 @@ def test_semi_supervised_beats_labels_only(train, algorithm, margin):
 
 
 # Margins over labels-only (87.9% here) sit well below what each method reached in this setting (pi_model 91.3,
-# mean_teacher 92.6, temporal_ensembling 88.5, vat 93.0, mixmatch 96.9, remixmatch 95.7, uda 95.7), so they fail
-# on a broken method, not on noise. Temporal Ensembling's stale per-sample targets help least in 400 steps.
+# mean_teacher 92.6, vat 93.0, mixmatch 96.9, remixmatch 95.7, uda 95.7), so they fail on a broken method, not on
+# noise. Temporal Ensembling's per-sample targets are updated only when a sample is drawn, so they help least early:
+# +0.6 points in 400 steps, +3.7 in 1,600 (91.5% vs 87.8%), where it is held to a margin.
 @pytest.mark.parametrize(
-    ("algorithm", "margin"),
+    ("algorithm", "margin", "steps"),
     [
-        ("pi_model", 0.015),
-        ("mean_teacher", 0.02),
-        ("temporal_ensembling", 0.0),
-        ("vat", 0.02),
-        ("mixmatch", 0.04),
-        ("remixmatch", 0.04),
-        ("uda", 0.04),
+        ("pi_model", 0.015, 400),
+        ("mean_teacher", 0.02, 400),
+        ("temporal_ensembling", 0.02, 1600),
+        ("vat", 0.02, 400),
+        ("mixmatch", 0.04, 400),
+        ("remixmatch", 0.04, 400),
+        ("uda", 0.04, 400),
     ],
 )
-def test_consistency_family_beats_labels_only(train, algorithm, margin):
-    supervised = train("supervised").summary["test_accuracy"]
-    run = train(algorithm)
+def test_consistency_family_beats_labels_only(train, algorithm, margin, steps):
+    supervised = train("supervised", steps).summary["test_accuracy"]
+    run = train(algorithm, steps)
     accuracy = run.summary["test_accuracy"]
     assert accuracy > supervised + margin, (algorithm, accuracy, supervised)
     rows = [r for r in run.metrics() if "loss_u" in r]
