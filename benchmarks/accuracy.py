@@ -31,6 +31,7 @@ CEILING = "supervised (all labels)"
 # The issue's targets for FixMatch at the 15-minute budget: (dataset, labels per class) -> (accuracy %, points over
 # labels-only training on the same labels); None where the issue sets none.
 TARGETS = {("fashion-mnist", "25"): (85.0, 10.0), ("fashion-mnist", "4"): (None, 15.0)}
+TARGET_BUDGET = "15m"
 FIELDS = [
     "dataset",
     "labels_per_class",
@@ -137,6 +138,10 @@ def _mean(rs: list[dict]) -> float:
     return 100 * statistics.mean(float(r["test_accuracy"]) for r in rs)
 
 
+def _seeds(rs: list[dict]) -> str:
+    return ", ".join(str(r["seed"]) for r in sorted(rs, key=lambda r: int(r["seed"])))
+
+
 def summary_table(groups: dict[tuple, list[dict]], budget: str) -> list[str]:
     """One row per dataset and label count, one column per algorithm plus the dataset's all-labels ceiling.
 
@@ -154,7 +159,7 @@ def summary_table(groups: dict[tuple, list[dict]], budget: str) -> list[str]:
         text = mean_std([r["test_accuracy"] for r in rs])
         text = f"**{text}**" if bold else text
         if len(rs) < most:
-            text += " (" + ", ".join(str(r["seed"]) for r in sorted(rs, key=lambda r: int(r["seed"]))) + ")"
+            text += f" ({_seeds(rs)})"
         return text
 
     settings = sorted({(d, lpc) for d, lpc, a in mine if a != CEILING}, key=lambda s: _order(*s, ALGORITHMS[0]))
@@ -179,11 +184,11 @@ def target_lines(groups: dict[tuple, list[dict]], budget: str) -> list[str]:
         fix, sup = groups.get((dataset, lpc, "fixmatch", budget)), groups.get((dataset, lpc, "supervised", budget))
         if not fix or not sup:
             continue
-        f, gain = _mean(fix), _mean(fix) - _mean(sup)
+        f = _mean(fix)
+        gain = f - _mean(sup)
         checks = [] if accuracy is None else [f"{f:.1f}% (target >= {accuracy:.0f}%: {_verdict(f >= accuracy)})"]
         checks.append(f"{gain:+.1f} points over labels only (target +{margin:.0f}: {_verdict(gain >= margin)})")
-        seeds = ", ".join(str(r["seed"]) for r in sorted(fix, key=lambda r: int(r["seed"])))
-        lines.append(f"- {dataset}, {lpc}/class: FixMatch " + "; ".join(checks) + f"; seeds {seeds}.")
+        lines.append(f"- {dataset}, {lpc}/class: FixMatch " + "; ".join(checks) + f"; seeds {_seeds(fix)}.")
     return lines
 
 
@@ -219,7 +224,7 @@ def write_report(rows: list[dict], args: argparse.Namespace, wall: float, stem: 
     for budget in budgets:
         lines += ["", f"## Summary, {budget} per run", "", *summary_table(groups, budget)]
         targets = target_lines(groups, budget)
-        if targets and budget == "15m":  # the issue states its targets for this budget
+        if targets and budget == TARGET_BUDGET:  # the issue states its targets for this budget only
             lines += ["", "The issue's targets for FixMatch (15-minute budget, seed means):", *targets]
     lines += [
         "",
@@ -234,7 +239,7 @@ def write_report(rows: list[dict], args: argparse.Namespace, wall: float, stem: 
         num = rs[0].get("num_labels")
         if len(budgets) > 1:
             algorithm = f"{algorithm} ({budget})"
-        seeds = ", ".join(str(r["seed"]) for r in sorted(rs, key=lambda r: int(r["seed"])))
+        seeds = _seeds(rs)
         lines.append(
             f"| {dataset} | {lpc}/class ({num}) | {algorithm} | {seeds} | "
             f"{mean_std([r['test_accuracy'] for r in rs])} | "
